@@ -1,0 +1,49 @@
+"""Backbone configuration, shared by every kind (DESIGN.md §3)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+BackboneKind = Literal["transformer", "retnet", "yoco", "longnet", "bitnet"]
+
+
+class BackboneConfig(BaseModel):
+    """One causal sequence model. `kind` picks the architecture; sizes are shared by all kinds."""
+
+    kind: BackboneKind = "transformer"
+    d_model: int = Field(256, ge=8)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    ffn_mult: float = Field(8 / 3, gt=0)  # GLU hidden = ffn_mult * d_model, rounded to 8
+    ffn_act: Literal["swiglu", "relu2"] = "swiglu"  # relu2: squared-ReLU GLU (BitNet b1.58)
+    rope_theta: float = Field(10_000.0, gt=0)
+    norm_eps: float = Field(1e-6, gt=0)
+    ternary: bool = False  # BitNet b1.58 weights (BitLinear) for every projection
+
+    # RetNet: chunk size of the chunkwise form (prefill); training uses the parallel form.
+    chunk_size: int = Field(64, ge=1)
+    # YOCO: the self-decoder's token mixer, and its window when sliding-window attention is chosen.
+    self_decoder: Literal["gated_retention", "sliding_window"] = "gated_retention"
+    window: int = Field(1024, ge=1)
+    # LongNet: geometric segment lengths w_i and dilation rates r_i, one pair per pattern.
+    segment_lengths: list[int] = Field(default_factory=lambda: [2048, 4096, 8192, 16384])
+    dilation_rates: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+
+    @model_validator(mode="after")
+    def _check(self) -> "BackboneConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for rotary embeddings")
+        if len(self.segment_lengths) != len(self.dilation_rates) or not self.segment_lengths:
+            raise ValueError("segment_lengths and dilation_rates need one entry per pattern, equally many")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return int(round(self.ffn_mult * self.d_model / 8)) * 8

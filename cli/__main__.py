@@ -1,0 +1,3 @@
+from latentlm.cli.main import main
+
+main()

@@ -1,0 +1,249 @@
+"""The `latentlm` command line: a thin layer over the Python API.
+
+User errors (bad options, prompts, configs or checkpoints) exit with code 2 and one line on stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from latentlm.errors import LatentLMError
+
+BACKBONES = ["transformer", "retnet", "yoco", "longnet", "bitnet"]
+
+
+def _atomic_save_png(image, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, out)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="latentlm")
+def cli() -> None:
+    """latentlm: multimodal latent language models with next-token diffusion.
+
+    \b
+    Quick start:
+      latentlm generate --modality image --prompt "a red circle above a blue square" -o out.png
+    """
+
+
+# ---- data ----------------------------------------------------------------------------------
+@cli.group()
+def data() -> None:
+    """Generate built-in data sets."""
+
+
+@data.command("shapes")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of scenes.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first scene.")
+def data_shapes(n: int, out: Path, split: str, start: int) -> None:
+    """Write shapes-world PNGs and manifest.jsonl (caption, objects, boxes, grounding).
+
+    \b
+    Example:
+      latentlm data shapes --n 1000 -o data/shapes-train
+    """
+    from latentlm.shapes import write_split
+
+    manifest = write_split(out, n, split, start)
+    click.echo(str(manifest))
+
+
+# ---- training --------------------------------------------------------------------------------
+@cli.command("train-tokenizer")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write tokenizer.model.")
+@click.option("--n-scenes", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Train-split scenes whose captions and grounding strings form the corpus.")
+@click.option("--vocab-size", type=click.IntRange(min=1100), default=1400, show_default=True)
+def train_tokenizer_cmd(out: Path, n_scenes: int, vocab_size: int) -> None:
+    """Train the sentencepiece text tokenizer on our own corpus.
+
+    \b
+    Example:
+      latentlm train-tokenizer -o runs/shapes-tiny/tokenizer.model
+    """
+    from latentlm.tokenizer import shapes_corpus, train_tokenizer
+
+    tok = train_tokenizer(shapes_corpus(n_scenes), out, vocab_size)
+    click.echo(f"{out} ({tok.vocab_size} tokens)")
+
+
+_run_options = [
+    click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="Run folder: checkpoints, metrics.jsonl and final/."),
+    click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint."),
+    click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Stop (with a checkpoint) after this long; continue later with --resume."),
+    click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+]
+
+
+def run_options(f):
+    for option in reversed(_run_options):
+        f = option(f)
+    return f
+
+
+@cli.command("train-codec")
+@click.argument("config", type=click.Path(path_type=Path))
+@run_options
+def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool) -> None:
+    """Train an image sigma-VAE from a YAML config.
+
+    \b
+    Example:
+      latentlm train-codec latentlm/configs/shapes-tiny-vae.yaml -o runs/vae
+    """
+    from latentlm.codec_training import train_codec
+
+    click.echo(str(train_codec(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress)))
+
+
+@cli.command("train")
+@click.argument("config", type=click.Path(path_type=Path))
+@run_options
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Override the config's backbone kind.")
+def train_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool,
+              backbone: str | None) -> None:
+    """Train a LatentLM from a YAML config (accelerate: CPU, DDP, FSDP, mixed precision).
+
+    \b
+    Example:
+      latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny
+      latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny --resume
+    """
+    from latentlm.lm_training import train_lm
+
+    final = train_lm(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
+                     backbone=backbone)
+    click.echo(str(final))
+
+
+@cli.command("export")
+@click.argument("source")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float16", show_default=True,
+              help="Storage precision of the weights (loaded back as float32).")
+def export_cmd(source: str, out: Path, dtype: str) -> None:
+    """Re-save a trained LatentLM as a compact checkpoint folder (e.g. for shipping).
+
+    \b
+    Example:
+      latentlm export runs/shapes-tiny/final -o latentlm/pretrained/shapes-tiny
+    """
+    import torch
+
+    from latentlm.model import LatentLM
+
+    LatentLM.from_pretrained(source).save_pretrained(out, dtype=getattr(torch, dtype))
+    click.echo(str(out))
+
+
+# ---- generation ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--modality", type=click.Choice(["image"]), default="image", show_default=True)
+@click.option("--prompt", required=True, help="What to generate, e.g. 'a red circle above a blue square'.")
+@click.option("--steps", type=click.IntRange(min=1, max=1000), default=20, show_default=True,
+              help="Diffusion sampling steps per latent.")
+@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Classifier-free guidance scale (1 = off).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG.")
+def generate(modality: str, prompt: str, steps: int, cfg: float, seed: int, model: str, out: Path) -> None:
+    """Generate a picture from a text prompt.
+
+    \b
+    Example:
+      latentlm generate --modality image --prompt "a red circle above a blue square" -o out.png
+    """
+    from latentlm.model import LatentLM
+    from latentlm.workflows.planner import plan
+    from latentlm.workflows.text_to_image import text_to_image
+
+    request = plan(prompt)
+    image = text_to_image(LatentLM.from_pretrained(model), request.prompt, steps=steps, cfg_scale=cfg, seed=seed)
+    _atomic_save_png(image, out)
+    click.echo(str(out))
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+@cli.group("eval")
+def eval_group() -> None:
+    """Measure models: prompt adherence, codec reconstruction."""
+
+
+@eval_group.command("t2i")
+@click.option("--model", default="shapes-tiny", show_default=True)
+@click.option("--n-single", type=click.IntRange(min=1), default=120, show_default=True)
+@click.option("--n-pair", type=click.IntRange(min=1), default=120, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=3.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report here.")
+def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float, seed: int,
+                 json_out: Path | None) -> None:
+    """Prompt adherence of text-to-image on the fixed held-out prompt set.
+
+    \b
+    Example:
+      latentlm eval t2i --model shapes-tiny
+    """
+    from latentlm.evaluation import eval_t2i
+    from latentlm.model import LatentLM
+
+    report = eval_t2i(LatentLM.from_pretrained(model), n_single, n_pair, steps, cfg, seed)
+    text = json.dumps(report, indent=2)
+    if json_out:
+        json_out.write_text(text + "\n")
+    click.echo(text)
+
+
+@eval_group.command("codec")
+@click.option("--model", default="shapes-tiny", show_default=True, help="A LatentLM (its image codec is used).")
+@click.option("--codec", "codec_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A codec checkpoint folder instead of --model.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=256, show_default=True)
+def eval_codec_cmd(model: str, codec_dir: Path | None, n: int) -> None:
+    """Reconstruction PSNR of the image sigma-VAE on the test split.
+
+    \b
+    Example:
+      latentlm eval codec --model shapes-tiny
+    """
+    from latentlm.checkpoint import load_codec
+    from latentlm.evaluation import eval_codec
+    from latentlm.model import LatentLM
+
+    codec = load_codec(codec_dir) if codec_dir else LatentLM.from_pretrained(model).codecs["image"]
+    click.echo(json.dumps(eval_codec(codec, n), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors -> one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="latentlm", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()} (see 'latentlm --help')", err=True)
+        sys.exit(2)
+    except (LatentLMError, ValueError, FileNotFoundError) as e:
+        msg = " ".join(str(e).split())
+        click.echo(f"error: {msg}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)

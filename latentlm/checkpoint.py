@@ -1,0 +1,166 @@
+"""Checkpoint directories: `config.json` + `model.safetensors` (+ `tokenizer.model`, codec sub-folders).
+
+Every failure names the file and what is wrong with it. Writes go to a temporary directory that is
+renamed into place, so an interrupted save never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from latentlm.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces `final` when the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_config(directory: Path, config: dict) -> None:
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def read_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: a checkpoint directory needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, save it again") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; the checkpoint is corrupt, save it again")
+    return config
+
+
+def _own_state(module: nn.Module, exclude: tuple[str, ...]) -> dict:
+    return {k: v for k, v in module.state_dict().items() if not k.startswith(exclude)}
+
+
+def save_weights(
+    module: nn.Module, directory: Path, dtype: torch.dtype | None = None, exclude: tuple[str, ...] = ()
+) -> None:
+    """Write the module's state dict (less keys starting with `exclude`) as safetensors, optionally cast."""
+    state = {}
+    for k, v in _own_state(module, exclude).items():
+        v = v.detach().cpu()
+        state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def load_weights(module: nn.Module, directory: str | Path, exclude: tuple[str, ...] = ()) -> None:
+    """Load `model.safetensors` into `module` (all keys but `exclude`d ones), in the module's own dtype."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint has no weights; save or copy it again")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({e}); save or copy the checkpoint again") from None
+    own = _own_state(module, exclude)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match its config: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}; use the config saved with these weights"
+        )
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(
+                f"{path}: tensor {k} has shape {list(v.shape)} but the config expects {list(own[k].shape)}; "
+                "use the config saved with these weights"
+            )
+        state[k] = v.to(own[k].dtype)
+    module.load_state_dict(state, strict=not exclude)
+
+
+def save_codec(codec: nn.Module, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write a codec as its own checkpoint directory: `{kind, ...config}` + weights."""
+    from latentlm.codecs import CODECS
+
+    kind = next(k for k, (cls, _) in CODECS.items() if isinstance(codec, cls))
+    with atomic_dir(directory) as tmp:
+        write_config(tmp, {"kind": kind} | codec.config_dict())
+        save_weights(codec, tmp, dtype)
+    return Path(directory)
+
+
+def load_codec(directory: str | Path) -> nn.Module:
+    """Build the codec that `directory/config.json` describes and load its weights."""
+    from latentlm.codecs import CODECS
+
+    config = read_config(directory)
+    kind = config.pop("kind", None)
+    if kind not in CODECS:
+        raise CheckpointError(
+            f"{Path(directory) / CONFIG_FILE}: unknown codec kind {kind!r}; expected one of {sorted(CODECS)}"
+        )
+    cls, config_cls = CODECS[kind]
+    try:
+        codec = cls(config_cls(**config))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: invalid codec config ({e})") from None
+    load_weights(codec, directory)
+    return codec.eval()
+
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in PRETRAINED_DIR.glob("*") if (p / CONFIG_FILE).is_file())
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model name, then a local directory, then a Hugging Face hub id."""
+    name = str(name_or_path)
+    if not name.strip():
+        raise CheckpointError(f"empty model name; use one of {shipped_models()} or a checkpoint directory")
+    if (PRETRAINED_DIR / name / CONFIG_FILE).is_file():
+        return PRETRAINED_DIR / name
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(
+            f"unknown model {name!r}: not a shipped model ({', '.join(shipped_models()) or 'none'}), "
+            "not a checkpoint directory, not a hub id (owner/name)"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=name))
+    except Exception as e:  # noqa: BLE001 - any hub failure is reported the same way
+        raise CheckpointError(
+            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}); it needs the network, "
+            f"or use a shipped model ({', '.join(shipped_models()) or 'none'}) or a local directory"
+        ) from None

@@ -1,0 +1,48 @@
+"""Quality bars of the shipped model `shapes-tiny` (issue 2), measured by running it."""
+import pytest
+
+from latentlm.checkpoint import shipped_models
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from latentlm.model import LatentLM
+
+    assert "shapes-tiny" in shipped_models()
+    return LatentLM.from_pretrained("shapes-tiny")
+
+
+def test_shipped_model_is_small(shipped):
+    from latentlm.checkpoint import PRETRAINED_DIR
+
+    size = sum(p.stat().st_size for p in (PRETRAINED_DIR / "shapes-tiny").rglob("*") if p.is_file())
+    assert size <= 25 * 2**20, size
+
+
+def test_t2i_prompt_adherence_meets_the_bars(shipped):
+    from latentlm.evaluation import eval_t2i
+
+    report = eval_t2i(shipped, n_single=120, n_pair=120, seed=0, progress=False)
+    assert report["n_single"] + report["n_pair"] >= 200
+    assert report["single_adherence"] >= 0.90, report
+    assert report["pair_adherence"] >= 0.60, report
+
+
+def test_codec_psnr_meets_the_bar(shipped):
+    from latentlm.evaluation import eval_codec
+
+    report = eval_codec(shipped.codecs["image"], n=256, split="test")
+    assert report["psnr_db"] >= 30.0, report
+
+
+def test_session_draws_with_the_default_model():
+    from latentlm import Session
+
+    result = Session().run("draw a red circle", seed=0)
+    assert result.workflow == "text_to_image" and result.prompt == "a red circle"
+    assert result.image.size == (64, 64)
+    from latentlm.scene_parser import adheres
+
+    assert adheres(result.image, "a red circle")

@@ -1,0 +1,16 @@
+"""The text-to-image workflow: one prompt in, one picture out."""
+from __future__ import annotations
+
+from PIL import Image
+
+from latentlm.generation import generate_images
+from latentlm.model import LatentLM
+
+DEFAULT_STEPS = 20
+DEFAULT_CFG = 3.0
+
+
+def text_to_image(
+    model: LatentLM, prompt: str, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, seed: int = 0
+) -> Image.Image:
+    return generate_images(model, [prompt], steps=steps, cfg_scale=cfg_scale, seed=seed)[0]

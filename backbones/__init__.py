@@ -10,8 +10,9 @@ from torch import nn
 
 from latentlm.backbones.config import BackboneConfig, BackboneKind
 from latentlm.backbones.transformer import KVCache, Transformer
+from latentlm.backbones.yoco import YOCO
 
-_BUILDERS = {"transformer": Transformer}
+_BUILDERS = {"transformer": Transformer, "yoco": YOCO}
 
 
 def build_backbone(config: BackboneConfig) -> nn.Module:
@@ -22,4 +23,4 @@ def build_backbone(config: BackboneConfig) -> nn.Module:
     return _BUILDERS[config.kind](config)
 
 
-__all__ = ["BackboneConfig", "BackboneKind", "KVCache", "Transformer", "build_backbone"]
+__all__ = ["BackboneConfig", "BackboneKind", "KVCache", "Transformer", "YOCO", "build_backbone"]

@@ -1,0 +1,181 @@
+"""YOCO: parallel == prefill + decoding (with and without early exit), padding, state size."""
+import pytest
+import torch
+
+from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.transformer import Transformer
+from latentlm.backbones.layers import rotary_angles
+from latentlm.backbones.yoco import YOCO, window_mask
+
+B, T, D, H, L = 2, 13, 32, 4, 4  # T=13 is a multiple of neither chunk_size=4 nor window=5
+KINDS = ["gated_retention", "sliding_window"]
+
+
+def make(kind, n_layers=L, **kw):
+    torch.manual_seed(0)
+    cfg = BackboneConfig(**{"kind": "yoco", "d_model": D, "n_layers": n_layers, "n_heads": H, "chunk_size": 4,
+                            "window": 5, "self_decoder": kind, **kw})
+    return YOCO(cfg).eval()
+
+
+def rel_max(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def model(request):
+    return make(request.param)
+
+
+def test_state_layout(model):
+    x = torch.randn(B, T, D)
+    out, state = model(x)
+    assert out.shape == (B, T, D) and state.length == T
+    assert state.keys.shape == state.values.shape == (B, H, T, D // H)
+    assert len(state.self_states) == L // 2
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+@pytest.mark.parametrize("prefill", [1, 4, 6, 11])
+def test_prefill_then_decode_equals_parallel(model, prefill, early_exit):
+    x = torch.randn(B, T, D)
+    with torch.no_grad():
+        full, full_state = model(x)
+        y, state = model(x[:, :prefill], early_exit=early_exit)
+        if early_exit:
+            assert y.shape == (B, 1, D)
+            assert rel_max(y, full[:, prefill - 1:prefill]) <= 1e-4
+            outs = []
+        else:
+            outs = [y]
+        for i in range(prefill, T):
+            y, state = model(x[:, i:i + 1], state)
+            outs.append(y)
+    got = torch.cat(outs, 1)
+    ref = full[:, prefill:] if early_exit else full
+    assert rel_max(got, ref) <= 1e-4
+    assert rel_max(state.keys, full_state.keys) <= 1e-4
+    assert model.state_nbytes(state) == model.state_nbytes(full_state)
+
+
+def test_prefill_method_is_early_exit(model):
+    x = torch.randn(B, 7, D)
+    with torch.no_grad():
+        y, s1 = model.prefill(x)
+        full, s2 = model(x)
+    assert y.shape == (B, 1, D) and torch.allclose(y, full[:, -1:], atol=1e-5)
+    assert torch.equal(s1.keys, s2.keys) and torch.equal(s1.values, s2.values)
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_continuation_in_chunks(model, early_exit):
+    """Multi-token continuation from a state (T > 1, crossing chunk and window boundaries)."""
+    x = torch.randn(B, T, D)
+    with torch.no_grad():
+        full, _ = model(x)
+        y1, state = model(x[:, :3])
+        y2, state = model(x[:, 3:10], state, early_exit=early_exit)
+        y3, state = model(x[:, 10:], state)
+    assert rel_max(y1, full[:, :3]) <= 1e-4
+    assert rel_max(y2, full[:, 9:10] if early_exit else full[:, 3:10]) <= 1e-4
+    assert rel_max(y3, full[:, 10:]) <= 1e-4
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_left_padding_is_invisible(model, early_exit):
+    pad = 4
+    x = torch.randn(B, 10, D)
+    valid = torch.ones(B, 10, dtype=torch.bool)
+    valid[1, :pad] = False
+    padded = x.clone()
+    padded[1, :pad] = 1e3  # garbage that must not leak
+    with torch.no_grad():
+        out, state = model(padded, valid=valid, early_exit=early_exit)
+        ref, _ = model(x[1:, pad:])
+        assert torch.isfinite(out).all()
+        if early_exit:
+            assert rel_max(out[1], ref[0, -1:]) <= 1e-4
+        else:
+            assert rel_max(out[1, pad:], ref[0]) <= 1e-4
+            ref0, _ = model(x[:1])  # the unpadded row is unaffected by its neighbour
+            assert rel_max(out[0], ref0[0]) <= 1e-4
+        # decoding continues correctly after a padded prefill
+        nxt = torch.randn(B, 3, D)
+        steps = []
+        for i in range(3):
+            y, state = model(nxt[:, i:i + 1], state)
+            steps.append(y)
+        steps = torch.cat(steps, 1)
+        ref_steps, _ = model(torch.cat([x[1:, pad:], nxt[1:]], 1))
+    assert rel_max(steps[1], ref_steps[0, -3:]) <= 1e-4
+
+
+def test_training_backward(model):
+    x = torch.randn(B, T, D, requires_grad=True)
+    out, _ = model.train()(x)
+    out.pow(2).mean().backward()
+    model.eval()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_nbytes_is_one_layer_of_kv(kind):
+    """The growing part of the state is ONE layer's keys and values; a Transformer keeps n_layers."""
+    n_layers, s = 6, 40
+    model = make(kind, n_layers=n_layers)
+    with torch.no_grad():
+        _, state = model(torch.randn(B, s, D))
+    dh = D // H
+    kv_one_layer = 2 * B * H * s * dh * 4  # (k, v) * B * H * S * Dh * fp32
+    if kind == "gated_retention":
+        self_part = (n_layers // 2) * B * H * dh * dh * 4  # constant-size recurrent states, fp32
+    else:
+        self_part = (n_layers // 2) * 2 * B * H * 5 * dh * 4  # last `window`=5 keys/values per layer
+    assert model.state_nbytes(state) == kv_one_layer + self_part
+
+    torch.manual_seed(0)
+    ref = Transformer(BackboneConfig(d_model=D, n_layers=n_layers, n_heads=H)).eval()
+    with torch.no_grad():
+        _, cache = ref(torch.randn(B, s, D))
+    assert ref.state_nbytes(cache) == n_layers * kv_one_layer
+    # growth per token: exactly 1/n_layers of the Transformer's
+    with torch.no_grad():
+        _, state2 = model(torch.randn(B, 1, D), state)
+        _, cache2 = ref(torch.randn(B, 1, D), cache)
+    yoco_growth = model.state_nbytes(state2) - model.state_nbytes(state)
+    tf_growth = ref.state_nbytes(cache2) - ref.state_nbytes(cache)
+    assert yoco_growth * n_layers == tf_growth == n_layers * 2 * B * H * dh * 4
+
+
+@pytest.mark.parametrize("kind,n_layers,window", [("gated_retention", 1, 5), ("sliding_window", 1, 5),
+                                                 ("sliding_window", 3, 64)])
+def test_small_configs(kind, n_layers, window):
+    """n_layers=1: no self-decoder, the global KV comes from the input; window > T: full causal."""
+    model = make(kind, n_layers=n_layers, window=window)
+    x = torch.randn(B, 9, D)
+    with torch.no_grad():
+        full, _ = model(x)
+        y, state = model(x[:, :5], early_exit=True)
+        outs = []
+        for i in range(5, 9):
+            y, state = model(x[:, i:i + 1], state)
+            outs.append(y)
+    assert rel_max(torch.cat(outs, 1), full[:, 5:]) <= 1e-4
+
+
+def test_sliding_window_sees_exactly_window_positions():
+    """Query n sees positions n-window+1..n: a change at p moves outputs p..p+window-1 only."""
+    model = make("sliding_window")
+    layer = model.self_blocks[0].mixer
+    cos, sin = rotary_angles(torch.arange(T), D // H, model.config.rope_theta)
+    x = torch.randn(1, T, D)
+    p, w = 3, model.config.window
+    x2 = x.clone()
+    x2[:, p] += 1.0
+    with torch.no_grad():
+        y1, _ = layer(x, cos, sin, None, window_mask(torch.ones(1, T, dtype=torch.bool), T, w))
+        y2, _ = layer(x2, cos, sin, None, window_mask(torch.ones(1, T, dtype=torch.bool), T, w))
+    changed = (y1 - y2).abs().amax(-1)[0] > 1e-6
+    assert changed.tolist() == [p <= n < p + w for n in range(T)]

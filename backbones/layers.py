@@ -21,7 +21,9 @@ class RMSNorm(nn.Module):
 def linear(config: BackboneConfig, d_in: int, d_out: int) -> nn.Module:
     """A projection of the backbone: dense, or ternary BitLinear when `config.ternary`."""
     if config.ternary:
-        raise ValueError("ternary=True needs BitLinear, which this release does not ship yet; set ternary: false")
+        from latentlm.backbones.bitlinear import BitLinear  # BitNet b1.58: RMSNorm + int8 x ternary
+
+        return BitLinear(d_in, d_out, bias=False, eps=config.norm_eps)
     return nn.Linear(d_in, d_out, bias=False)
 
 
@@ -49,3 +51,24 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class ReLU2GLU(nn.Module):
+    """Squared-ReLU GLU (BitNet b1.58 2B4T): down(relu(gate(x))^2 * up(x)); same parameters as SwiGLU."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        d, h = config.d_model, config.ffn_dim
+        self.gate = linear(config, d, h)
+        self.up = linear(config, d, h)
+        self.down = linear(config, h, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.relu(self.gate(x)).square() * self.up(x))
+
+
+def ffn(config: BackboneConfig) -> nn.Module:
+    """The feed-forward block chosen by `config.ffn_act`: SwiGLU ("swiglu") or ReLU2GLU ("relu2")."""
+    if config.ffn_act == "relu2":
+        return ReLU2GLU(config)
+    return SwiGLU(config)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.layers import RMSNorm, SwiGLU, apply_rotary, linear, rotary_angles
+from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attn = Attention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config)
+        self.mlp = ffn(config)
 
     def forward(self, x, cos, sin, past, mask):
         a, kv = self.attn(self.attn_norm(x), cos, sin, past, mask)

@@ -2,11 +2,11 @@
 
 - Self-decoder, the first `n_layers // 2` layers: pre-norm blocks whose token mixer is gated
   retention (`self_decoder="gated_retention"`, constant-size state) or sliding-window attention
-  (`self_decoder="sliding_window"`, a cache of the last `window` keys/values), each followed by SwiGLU.
+  (`self_decoder="sliding_window"`, a cache of the last `window` keys/values), each followed by the GLU MLP (SwiGLU, or ReLU^2 for BitNet).
 - One global KV cache, computed once from the self-decoder's output after an RMSNorm
   (k = W_k x with RoPE, v = W_v x) and shared by every cross-decoder layer.
 - Cross-decoder, the remaining layers: pre-norm blocks of causal cross-attention from the layer's
-  queries to the global KV (the query at position n sees global keys 0..n), each followed by SwiGLU.
+  queries to the global KV (the query at position n sees global keys 0..n), each followed by the GLU MLP (SwiGLU, or ReLU^2 for BitNet).
 - A final RMSNorm.
 
 So the cache that grows with the sequence is one layer's worth of keys and values, not `n_layers`.
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.layers import RMSNorm, SwiGLU, apply_rotary, linear, rotary_angles
+from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
 from latentlm.backbones.transformer import attention_mask
 from latentlm.kernels.gated_retention import chunk_gated_retention, recurrent_gated_retention
 
@@ -166,7 +166,7 @@ class SelfBlock(nn.Module):
         else:
             self.mixer = SlidingWindowAttention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config)
+        self.mlp = ffn(config)
 
     def forward(self, x, cos, sin, state, aux):
         a, state = self.mixer(self.mixer_norm(x), cos, sin, state, aux)
@@ -180,7 +180,7 @@ class CrossBlock(nn.Module):
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attn = CrossAttention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config)
+        self.mlp = ffn(config)
 
     def forward(self, x, cos, sin, keys, values, mask):
         x = x + self.attn(self.attn_norm(x), cos, sin, keys, values, mask)

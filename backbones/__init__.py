@@ -9,10 +9,11 @@ from __future__ import annotations
 from torch import nn
 
 from latentlm.backbones.config import BackboneConfig, BackboneKind
+from latentlm.backbones.longnet import LongNet
 from latentlm.backbones.transformer import KVCache, Transformer
 from latentlm.backbones.yoco import YOCO
 
-_BUILDERS = {"transformer": Transformer, "yoco": YOCO}
+_BUILDERS = {"transformer": Transformer, "yoco": YOCO, "longnet": LongNet}
 
 
 def build_backbone(config: BackboneConfig) -> nn.Module:
@@ -23,4 +24,4 @@ def build_backbone(config: BackboneConfig) -> nn.Module:
     return _BUILDERS[config.kind](config)
 
 
-__all__ = ["BackboneConfig", "BackboneKind", "KVCache", "Transformer", "YOCO", "build_backbone"]
+__all__ = ["BackboneConfig", "BackboneKind", "KVCache", "LongNet", "Transformer", "YOCO", "build_backbone"]

@@ -1,0 +1,95 @@
+"""LongNet (Ding et al. 2023): a pre-norm Transformer whose attention is dilated attention.
+
+- Blocks: RMSNorm -> dilated self-attention (RoPE on q and k) -> residual; RMSNorm -> GLU MLP (SwiGLU, or ReLU^2 for BitNet) -> residual.
+- A final RMSNorm.
+- Patterns from the config: `segment_lengths` w_i and `dilation_rates` r_i, one pair each; head j
+  uses offset j mod r_i. Under pattern i the query at position n sees the keys m <= n of its own
+  w_i-segment that lie, like n, on the head's grid (every r_i-th position from the offset). The keys a
+  query sees are the UNION over patterns, under one softmax: a key that two patterns cover is
+  counted once (torchscale issue #108; see `latentlm.kernels.dilated_attention`).
+- State: the same `KVCache` as the Transformer (keys and values of every layer, which positions are
+  real). Decoding attends, for the new query at position n, to exactly the cached keys the patterns
+  give position n, through the same kernel (it accepts Tq <= S queries over S keys), so prefill +
+  decoding equals the parallel forward. Cost per decoded token: O(sum_i w_i / r_i) keys per head.
+- Padding (`valid`, False at left padding): padding keys are never seen, and segment and grid positions
+  count from each row's first real token, so a left-padded row gives the same outputs as the row alone.
+  This runs in the efficient kernel too; there is no dense fallback.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.layers import RMSNorm, ffn, apply_rotary, linear, rotary_angles
+from latentlm.backbones.transformer import KVCache
+from latentlm.kernels.dilated_attention import dilated_attention
+
+
+class DilatedSelfAttention(nn.Module):
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.qkv = linear(config, d, 3 * d)
+        self.out = linear(config, d, d)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None, valid: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, T, D]; past keys/values [B, H, S - T, Dh] or None; valid [B, S] (all positions) or None."""
+        b, t, _ = x.shape
+        h, dh = self.config.n_heads, self.config.head_dim
+        q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # [B, H, S, Dh]
+            v = torch.cat([past[1], v], dim=2)
+        y = dilated_attention(q, k, v, self.config.segment_lengths, self.config.dilation_rates, valid=valid)
+        y = y.transpose(1, 2).reshape(b, t, h * dh)
+        return self.out(y), (k, v)
+
+
+class Block(nn.Module):
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = DilatedSelfAttention(config)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = ffn(config)
+
+    def forward(self, x, cos, sin, past, valid):
+        a, kv = self.attn(self.attn_norm(x), cos, sin, past, valid)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class LongNet(nn.Module):
+    """Backbone contract: forward(h [B, T, D], state=None, valid=None) -> (out [B, T, D], KVCache)."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+
+    def forward(self, h: Tensor, state: KVCache | None = None, valid: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        """`valid` [B, T] marks real tokens (False at left padding); padding is never attended to."""
+        b, t, _ = h.shape
+        start = state.length if state is not None else 0
+        new_valid = valid if valid is not None else torch.ones(b, t, dtype=torch.bool, device=h.device)
+        all_valid = new_valid if state is None else torch.cat([state.valid, new_valid], dim=1)  # [B, S]
+        plain = state is None and valid is None  # no padding anywhere: the kernel needs no mask
+        cos, sin = rotary_angles(torch.arange(start, start + t, device=h.device), self.config.head_dim,
+                                 self.config.rope_theta)
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            past = (state.keys[i], state.values[i]) if state is not None else None
+            h, (k, v) = block(h, cos, sin, past, None if plain else all_valid)
+            keys.append(k)
+            values.append(v)
+        return self.norm(h), KVCache(keys, values, all_valid)
+
+    @staticmethod
+    def state_nbytes(state: KVCache) -> int:
+        return sum(t.numel() * t.element_size() for t in state.keys + state.values)

@@ -1,0 +1,21 @@
+"""Dilated attention (LongNet, Ding et al. 2023), pure PyTorch, fp32 inside:
+
+- `naive_dilated_attention` (naive.py): the dense O(T^2) oracle: masks per pattern, one softmax over
+  the union of the patterns' keys (a key two patterns cover counts once; torchscale issue #108);
+- `dilated_attention` (dilated.py): the efficient form, O(T w/r^2) per pattern and head: sparse
+  segments gathered, attended, scattered back, merged by log-sum-exp with de-duplication.
+
+q [B, H, Tq, D] (the last Tq positions); k [B, H, S, D]; v [B, H, S, Dv]; valid [B, S] or None.
+"""
+from .dilated import dilated_attention
+from .naive import first_cover, head_offsets, masked_attention, merge_by_lse, naive_dilated_attention, pattern_masks
+
+__all__ = [
+    "dilated_attention",
+    "first_cover",
+    "head_offsets",
+    "masked_attention",
+    "merge_by_lse",
+    "naive_dilated_attention",
+    "pattern_masks",
+]

@@ -3,6 +3,7 @@
 `build_backbone(BackboneConfig(kind=...))` returns an `nn.Module` with
 `forward(h [B, T, D], state=None, valid=None) -> (out [B, T, D], state)` and `state_nbytes(state)`.
 `state=None` runs the parallel form; otherwise `h` continues the sequence held in `state`.
+`valid` [B, T] is False at left padding, which every kind keeps invisible.
 """
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ from torch import nn
 
 from latentlm.backbones.config import BackboneConfig, BackboneKind
 from latentlm.backbones.longnet import LongNet
+from latentlm.backbones.retnet import RetNet
 from latentlm.backbones.transformer import KVCache, Transformer
 from latentlm.backbones.yoco import YOCO
 
-_BUILDERS = {"transformer": Transformer, "yoco": YOCO, "longnet": LongNet}
+
+def _bitnet(config: BackboneConfig) -> nn.Module:
+    """BitNet b1.58: the Transformer with BitLinear projections and a squared-ReLU GLU, no biases."""
+    return Transformer(config.model_copy(update={"ternary": True, "ffn_act": "relu2"}))
+
+
+_BUILDERS = {"transformer": Transformer, "retnet": RetNet, "yoco": YOCO, "longnet": LongNet, "bitnet": _bitnet}
 
 
 def build_backbone(config: BackboneConfig) -> nn.Module:
-    if config.kind not in _BUILDERS:
-        raise ValueError(
-            f"backbone kind {config.kind!r} is not available in this release; use one of {sorted(_BUILDERS)}"
-        )
     return _BUILDERS[config.kind](config)
 
 
-__all__ = ["BackboneConfig", "BackboneKind", "KVCache", "LongNet", "Transformer", "YOCO", "build_backbone"]
+__all__ = ["BackboneConfig", "BackboneKind", "KVCache", "LongNet", "RetNet", "Transformer", "YOCO", "build_backbone"]

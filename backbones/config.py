@@ -21,7 +21,7 @@ class BackboneConfig(BaseModel):
     norm_eps: float = Field(1e-6, gt=0)
     ternary: bool = False  # BitNet b1.58 weights (BitLinear) for every projection
 
-    # RetNet: chunk size of the chunkwise form (prefill); training uses the parallel form.
+    # RetNet, YOCO: chunk size of the chunkwise retention form (used whenever T > chunk_size).
     chunk_size: int = Field(64, ge=1)
     # YOCO: the self-decoder's token mixer, and its window when sliding-window attention is chosen.
     self_decoder: Literal["gated_retention", "sliding_window"] = "gated_retention"

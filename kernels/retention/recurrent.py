@@ -1,0 +1,32 @@
+"""Retention, recurrent form: one step per token (decoding).
+
+    S_n = gamma S_{n-1} + k_n^T v_n        S: [B, H, Dk, Dv], fp32
+    o_n = q_n S_n
+
+Shapes as in `naive.py`. `state` is S before the first token (None: zeros); the returned state is
+S after the last token. Same maths as `parallel_retention` with a prior state.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .naive import _check
+
+
+def recurrent_retention(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Returns o [B, H, T, Dv] (dtype of v) and the final state [B, H, Dk, Dv] (fp32)."""
+    _check(q, k, v, log_decay)
+    b, h, t, dk = q.shape
+    dv = v.shape[-1]
+    s = q.new_zeros(b, h, dk, dv, dtype=torch.float32) if state is None else state.float()
+    qf, kf, vf = q.float(), k.float(), v.float()
+    gamma = log_decay.float().exp()[:, None, None]  # [H, 1, 1]
+    outs = []
+    for i in range(t):
+        s = gamma * s + kf[:, :, i, :, None] * vf[:, :, i, None, :]
+        outs.append((qf[:, :, i, None, :] @ s).squeeze(-2))  # [B, H, Dv]
+    o = torch.stack(outs, dim=2) if outs else vf.new_zeros(b, h, 0, dv)
+    return o.to(v.dtype), s

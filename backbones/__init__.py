@@ -11,6 +11,7 @@ from torch import nn
 
 from latentlm.backbones.config import BackboneConfig, BackboneKind
 from latentlm.backbones.longnet import LongNet
+from latentlm.backbones.presets import PRESETS, preset
 from latentlm.backbones.retnet import RetNet
 from latentlm.backbones.transformer import KVCache, Transformer
 from latentlm.backbones.yoco import YOCO
@@ -28,4 +29,7 @@ def build_backbone(config: BackboneConfig) -> nn.Module:
     return _BUILDERS[config.kind](config)
 
 
-__all__ = ["BackboneConfig", "BackboneKind", "KVCache", "LongNet", "RetNet", "Transformer", "YOCO", "build_backbone"]
+__all__ = [
+    "PRESETS", "BackboneConfig", "BackboneKind", "KVCache", "LongNet", "RetNet", "Transformer", "YOCO",
+    "build_backbone", "preset",
+]

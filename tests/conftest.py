@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 TINY_LM_YAML = """
 tokenizer: {tokenizer}
 codec: {codec}
-backbone: {{d_model: 64, n_layers: 2, n_heads: 4}}
+backbone: {{d_model: 64, n_layers: 2, n_heads: 4{backbone_extra}}}
 head: {{width: 64, depth: 2, batch_mul: 2}}
 data: {{n_train: 128}}
 train: {{steps: {steps}, batch_size: 8, lr: 0.003, warmup_steps: 3, log_every: 1, save_every: 10, seed: 0}}
@@ -42,8 +42,9 @@ def tiny_codec_dir(tiny_dir) -> Path:
     return save_codec(codec, tiny_dir / "codec")
 
 
-def write_tiny_lm_config(path: Path, tokenizer: Path, codec: Path, steps: int = 30) -> Path:
-    path.write_text(TINY_LM_YAML.format(tokenizer=tokenizer, codec=codec, steps=steps))
+def write_tiny_lm_config(path: Path, tokenizer: Path, codec: Path, steps: int = 30, backbone_extra: str = "") -> Path:
+    """`backbone_extra` adds backbone fields, e.g. ", kind: retnet, chunk_size: 16"."""
+    path.write_text(TINY_LM_YAML.format(tokenizer=tokenizer, codec=codec, steps=steps, backbone_extra=backbone_extra))
     return path
 
 

@@ -29,8 +29,9 @@ a learned per-feature gain (2B4T-style SubLN); `norm=False` drops the norm.
 
 `PackedBitLinear` is the inference form: the 2-bit packed weight (`PackedTernary`) and its scale
 are buffers (uint8 `packed`, fp32 0-d `weight_scale`), so `model.state_dict()` saves straight to
-safetensors; its forward unpacks and calls `ternary_matmul_reference`. `pack_model` swaps every
-BitLinear of a model for one.
+safetensors; its forward calls `latentlm.kernels.ternary.matmul`, which dispatches to the fused
+C++ kernel on CPU (straight from the packed bytes) or to the reference (unpack + int32 matmul),
+with the same bits either way. `pack_model` swaps every BitLinear of a model for one.
 """
 from __future__ import annotations
 
@@ -44,9 +45,8 @@ from latentlm.kernels.ternary import (
     absmean_ternary,
     pack_ternary,
     quantize_activations,
-    ternary_matmul_reference,
-    unpack_ternary,
 )
+from latentlm.kernels.ternary import matmul as ternary_matmul
 
 
 def _rms_norm(x: Tensor, use_norm: bool, weight: Tensor | None, eps: float) -> Tensor:
@@ -111,7 +111,7 @@ class BitLinear(nn.Linear):
 
 
 class PackedBitLinear(nn.Module):
-    """Inference-only BitLinear from a packed ternary weight; reference path (unpack + int32 matmul).
+    """Inference-only BitLinear from a packed ternary weight; the matmul is dispatched (C++ on CPU).
 
     Buffers (all saved in the state dict): `packed` uint8 [out, K_pad/4], `weight_scale` fp32 0-d,
     and `norm_weight` / `bias` (fp32) when present.
@@ -174,11 +174,7 @@ class PackedBitLinear(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         x_n = _rms_norm(x, self.use_norm, self.norm_weight, self.eps)
-        x_q, s_x = quantize_activations(x_n)
-        lead = x_q.shape[:-1]
-        w_q = unpack_ternary(self.packed_weight())
-        y = ternary_matmul_reference(x_q.reshape(-1, self.in_features), s_x.reshape(-1, 1), w_q, self.weight_scale)
-        y = y.reshape(*lead, self.out_features)
+        y = ternary_matmul(x_n, self.packed_weight())  # quantises x_n per token; fp32 [..., out]
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype)

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import RMSNorm, ffn, apply_rotary, linear, rotary_angles
 from latentlm.backbones.transformer import KVCache
-from latentlm.kernels.dilated_attention import dilated_attention
+import latentlm.kernels.dilated_attention  # noqa: F401  (registers the dilated_attention implementations)
+from latentlm.kernels import dispatch
 
 
 class DilatedSelfAttention(nn.Module):
@@ -45,7 +46,8 @@ class DilatedSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, H, S, Dh]
             v = torch.cat([past[1], v], dim=2)
-        y = dilated_attention(q, k, v, self.config.segment_lengths, self.config.dilation_rates, valid=valid)
+        attend = dispatch.choose("dilated_attention", x.device).fn  # batched SDPA on GPU, else the reference
+        y = attend(q, k, v, self.config.segment_lengths, self.config.dilation_rates, valid=valid)
         y = y.transpose(1, 2).reshape(b, t, h * dh)
         return self.out(y), (k, v)
 

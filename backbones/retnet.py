@@ -44,8 +44,8 @@ from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
-from latentlm.kernels.retention import (
-    chunk_retention,
+from latentlm.kernels import dispatch
+from latentlm.kernels.retention import (  # importing registers the chunk_retention implementations
     parallel_retention,
     recurrent_retention,
     retention_final_state,
@@ -119,7 +119,8 @@ class MultiScaleRetention(nn.Module):
         elif form == "recurrent":
             o, state = recurrent_retention(q, k, v, log_decay, state)
         else:
-            o, state = chunk_retention(q, k, v, log_decay, self.config.chunk_size, state)
+            chunked = dispatch.choose("chunk_retention", x.device).fn  # Triton on GPU, else the reference
+            o, state = chunked(q, k, v, log_decay, self.config.chunk_size, state)
         o = self.head_norm(o).transpose(1, 2).reshape(b, t, d)
         return self.out(F.silu(self.gate(x)) * o), state
 

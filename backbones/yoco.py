@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
 from latentlm.backbones.transformer import attention_mask
-from latentlm.kernels.gated_retention import chunk_gated_retention, recurrent_gated_retention
+from latentlm.kernels import dispatch
+from latentlm.kernels.gated_retention import recurrent_gated_retention
 
 GATE_LOGIT_NORMALIZER = 16.0  # log decay = logsigmoid(W_g x) / 16, as in YOCO's gRet
 
@@ -103,7 +104,8 @@ class GatedRetention(nn.Module):
         if t == 1 and state is not None:
             o, state = recurrent_gated_retention(q, k, v, log_decay, state)
         else:
-            o, state = chunk_gated_retention(q, k, v, log_decay, self.config.chunk_size, state)
+            chunked = dispatch.choose("chunk_gated_retention", x.device).fn  # Triton on GPU, else the reference
+            o, state = chunked(q, k, v, log_decay, self.config.chunk_size, state)
         o = self.head_norm(o).transpose(1, 2).reshape(b, t, d)
         return self.out(F.silu(self.gate(x)) * o), state
 

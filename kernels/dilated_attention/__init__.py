@@ -8,10 +8,12 @@
 q [B, H, Tq, D] (the last Tq positions); k [B, H, S, D]; v [B, H, S, Dv]; valid [B, S] or None.
 """
 from .dilated import dilated_attention
+from .sdpa_gather import dilated_attention_sdpa  # registers the GPU path (batched SDPA)
 from .naive import first_cover, head_offsets, masked_attention, merge_by_lse, naive_dilated_attention, pattern_masks
 
 __all__ = [
     "dilated_attention",
+    "dilated_attention_sdpa",
     "first_cover",
     "head_offsets",
     "masked_attention",

@@ -10,5 +10,6 @@ q, k [B, H, T, Dk]; v [B, H, T, Dv]; log_decay [B, H, T] (<= 0); state [B, H, Dk
 from .chunk import chunk_gated_retention
 from .naive import parallel_gated_retention
 from .recurrent import recurrent_gated_retention
+from .triton_chunk import chunk_gated_retention_triton  # registers the GPU path
 
-__all__ = ["chunk_gated_retention", "parallel_gated_retention", "recurrent_gated_retention"]
+__all__ = ["chunk_gated_retention", "chunk_gated_retention_triton", "parallel_gated_retention", "recurrent_gated_retention"]

@@ -14,5 +14,6 @@ same function and they agree to rounding. Scales and normalisation belong to the
 from .chunk import chunk_retention
 from .naive import parallel_retention, retention_final_state
 from .recurrent import recurrent_retention
+from .triton_chunk import chunk_retention_triton  # registers the GPU path of "chunk_retention"
 
-__all__ = ["chunk_retention", "parallel_retention", "recurrent_retention", "retention_final_state"]
+__all__ = ["chunk_retention", "chunk_retention_triton", "parallel_retention", "recurrent_retention", "retention_final_state"]

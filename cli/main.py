@@ -159,20 +159,24 @@ def export_cmd(source: str, out: Path, dtype: str) -> None:
               help="Classifier-free guidance scale (1 = off).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None,
+              help="The backbone kind the model must have (checked; weights belong to their backbone).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG.")
-def generate(modality: str, prompt: str, steps: int, cfg: float, seed: int, model: str, out: Path) -> None:
+def generate(modality: str, prompt: str, steps: int, cfg: float, seed: int, model: str, backbone: str | None,
+             out: Path) -> None:
     """Generate a picture from a text prompt.
 
     \b
     Example:
       latentlm generate --modality image --prompt "a red circle above a blue square" -o out.png
+      latentlm generate --prompt "a blue square" --model runs/retnet/final --backbone retnet -o sq.png
     """
     from latentlm.model import LatentLM
     from latentlm.workflows.planner import plan
     from latentlm.workflows.text_to_image import text_to_image
 
     request = plan(prompt)
-    image = text_to_image(LatentLM.from_pretrained(model), request.prompt, steps=steps, cfg_scale=cfg, seed=seed)
+    image = text_to_image(LatentLM.from_pretrained(model, backbone=backbone), request.prompt, steps=steps, cfg_scale=cfg, seed=seed)
     _atomic_save_png(image, out)
     click.echo(str(out))
 

@@ -86,8 +86,11 @@ class LatentLM(nn.Module):
         return Path(directory)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path) -> "LatentLM":
-        """Load a shipped model name, a local checkpoint directory or a hub id."""
+    def from_pretrained(cls, name_or_path: str | Path, backbone: str | None = None) -> "LatentLM":
+        """Load a shipped model name, a local checkpoint directory or a hub id.
+
+        `backbone`, when given, is the backbone kind the checkpoint must hold: weights are tied to the
+        backbone they were trained with, so a mismatch is an error rather than a silent swap."""
         directory = resolve_checkpoint(name_or_path)
         raw = read_config(directory)
         try:
@@ -95,6 +98,11 @@ class LatentLM(nn.Module):
         except ValueError as e:
             first = str(e).splitlines()[0:3]
             raise CheckpointError(f"{directory / CONFIG_FILE} is not a LatentLM config ({' '.join(first)})") from None
+        if backbone is not None and config.backbone.kind != backbone:
+            raise CheckpointError(
+                f"model {str(name_or_path)!r} was trained with the {config.backbone.kind} backbone, not {backbone}; "
+                f"pass a model trained with `latentlm train CONFIG --backbone {backbone}`, or drop --backbone"
+            )
         tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
         if tokenizer.vocab_size != config.vocab_size:
             raise CheckpointError(

@@ -33,8 +33,9 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny
 	$(BIN)/latentlm export runs/shapes-tiny/final -o latentlm/pretrained/shapes-tiny
 
+## Measure and write BENCHMARKS.md (the machine should be idle).
 bench: $(STAMP)
-	@echo "benchmarks arrive with the backbones and kernels issues"
+	$(BIN)/python benchmarks/kernels.py && $(BIN)/python benchmarks/backbones.py && $(BIN)/python benchmarks/shapes_tiny.py
 
 clean:
 	rm -rf demo.png .pytest_cache build *.egg-info

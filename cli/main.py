@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from latentlm.errors import LatentLMError
+from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
 BACKBONES = ["transformer", "retnet", "yoco", "longnet", "bitnet"]
 
@@ -153,17 +154,19 @@ def export_cmd(source: str, out: Path, dtype: str) -> None:
 @cli.command()
 @click.option("--modality", type=click.Choice(["image"]), default="image", show_default=True)
 @click.option("--prompt", required=True, help="What to generate, e.g. 'a red circle above a blue square'.")
-@click.option("--steps", type=click.IntRange(min=1, max=1000), default=20, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1, max=1000), default=DEFAULT_STEPS, show_default=True,
               help="Diffusion sampling steps per latent.")
-@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=3.0, show_default=True,
+@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=DEFAULT_CFG, show_default=True,
               help="Classifier-free guidance scale (1 = off).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEMPERATURE,
+              show_default=True, help="Scale of the starting noise (below 1: nearer the mode, less varied).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None,
               help="The backbone kind the model must have (checked; weights belong to their backbone).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG.")
-def generate(modality: str, prompt: str, steps: int, cfg: float, seed: int, model: str, backbone: str | None,
-             out: Path) -> None:
+def generate(modality: str, prompt: str, steps: int, cfg: float, temperature: float, seed: int, model: str,
+             backbone: str | None, out: Path) -> None:
     """Generate a picture from a text prompt.
 
     \b
@@ -176,7 +179,8 @@ def generate(modality: str, prompt: str, steps: int, cfg: float, seed: int, mode
     from latentlm.workflows.text_to_image import text_to_image
 
     request = plan(prompt)
-    image = text_to_image(LatentLM.from_pretrained(model, backbone=backbone), request.prompt, steps=steps, cfg_scale=cfg, seed=seed)
+    lm = LatentLM.from_pretrained(model, backbone=backbone)
+    image = text_to_image(lm, request.prompt, steps=steps, cfg_scale=cfg, seed=seed, temperature=temperature)
     _atomic_save_png(image, out)
     click.echo(str(out))
 
@@ -191,12 +195,14 @@ def eval_group() -> None:
 @click.option("--model", default="shapes-tiny", show_default=True)
 @click.option("--n-single", type=click.IntRange(min=1), default=120, show_default=True)
 @click.option("--n-pair", type=click.IntRange(min=1), default=120, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=3.0, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True)
+@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=DEFAULT_CFG, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEMPERATURE,
+              show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here.")
-def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float, seed: int,
+def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float, temperature: float, seed: int,
                  json_out: Path | None) -> None:
     """Prompt adherence of text-to-image on the fixed held-out prompt set.
 
@@ -207,7 +213,7 @@ def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float,
     from latentlm.evaluation import eval_t2i
     from latentlm.model import LatentLM
 
-    report = eval_t2i(LatentLM.from_pretrained(model), n_single, n_pair, steps, cfg, seed)
+    report = eval_t2i(LatentLM.from_pretrained(model), n_single, n_pair, steps, cfg, seed, temperature=temperature)
     text = json.dumps(report, indent=2)
     if json_out:
         json_out.write_text(text + "\n")

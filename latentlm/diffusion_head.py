@@ -105,8 +105,12 @@ class DiffusionHead(nn.Module):
         cfg_scale: float = 1.0,
         steps: int = 20,
         generator: torch.Generator | None = None,
+        temperature: float = 1.0,
     ) -> Tensor:
         """Draw one latent per condition row: cond [N, C] -> [N, D].
+
+        `temperature` scales the starting noise (as MAR's temperature does): below 1 the deterministic
+        DPM-Solver++ trajectory starts nearer the mode, trading diversity for fidelity.
 
         With `uncond` and cfg_scale != 1, the conditional and unconditional predictions are made in
         one batched call and mixed as uncond + s * (cond - uncond).
@@ -114,7 +118,8 @@ class DiffusionHead(nn.Module):
         latent_dim = self.net.out.out_features
         sched = self.sampler()
         sched.set_timesteps(steps, device=cond.device)
-        x = torch.randn(cond.shape[0], latent_dim, generator=generator, device=cond.device) * sched.init_noise_sigma
+        x = torch.randn(cond.shape[0], latent_dim, generator=generator, device=cond.device)
+        x = x * sched.init_noise_sigma * temperature  # [N, D]
         guided = uncond is not None and cfg_scale != 1.0
         c = torch.cat([cond, uncond]) if guided else cond  # [2N or N, C]
         for t in sched.timesteps:

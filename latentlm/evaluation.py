@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from latentlm.codec_training import shapes_images
 from latentlm.generation import generate_images
 from latentlm.model import LatentLM
+from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 from latentlm.scene_parser import adheres
 from latentlm.shapes import scene_for
 
@@ -42,8 +43,9 @@ def t2i_prompts(n_single: int = 120, n_pair: int = 120) -> list[EvalPrompt]:
 
 
 def eval_t2i(
-    model: LatentLM, n_single: int = 120, n_pair: int = 120, steps: int = 20, cfg_scale: float = 3.0,
-    seed: int = 0, batch_size: int = 40, progress: bool = True,
+    model: LatentLM, n_single: int = 120, n_pair: int = 120, steps: int = DEFAULT_STEPS,
+    cfg_scale: float = DEFAULT_CFG, seed: int = 0, batch_size: int = 40, progress: bool = True,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> dict:
     """Generate one picture per prompt (seed-fixed) and report the share that adheres, per kind."""
     prompts = t2i_prompts(n_single, n_pair)
@@ -51,7 +53,7 @@ def eval_t2i(
     failures = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="eval t2i", disable=not progress):
         chunk = prompts[start:start + batch_size]
-        images = generate_images(model, [p.prompt for p in chunk], steps, cfg_scale, seed=seed + start)
+        images = generate_images(model, [p.prompt for p in chunk], steps, cfg_scale, seed + start, temperature)
         for p, image in zip(chunk, images):
             good = adheres(image, p.prompt)
             ok[p.kind].append(good)
@@ -61,7 +63,8 @@ def eval_t2i(
     return {
         "single_adherence": rate.get("single"), "pair_adherence": rate.get("pair"),
         "n_single": len(ok["single"]), "n_pair": len(ok["pair"]),
-        "steps": steps, "cfg_scale": cfg_scale, "seed": seed, "failures": failures[:20],
+        "steps": steps, "cfg_scale": cfg_scale, "temperature": temperature, "seed": seed,
+        "failures": failures[:20],
     }
 
 

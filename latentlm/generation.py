@@ -13,6 +13,7 @@ from torch import Tensor
 from latentlm.errors import PromptError
 from latentlm.images import to_pil
 from latentlm.model import LatentLM
+from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 from latentlm.sequence import Latent, Text, collate
 
 
@@ -26,13 +27,16 @@ def prompt_ids(model: LatentLM, prompt: str) -> list[int]:
 def sample_image_latents(
     model: LatentLM,
     prompts: list[str],
-    steps: int = 20,
-    cfg_scale: float = 3.0,
+    steps: int = DEFAULT_STEPS,
+    cfg_scale: float = DEFAULT_CFG,
     generator: torch.Generator | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> Tensor:
     """Sample normalised image latents for each prompt: -> [B, N, latent_dim]."""
     if steps < 1:
         raise ValueError(f"steps={steps}: use at least 1 sampling step")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: use a positive temperature (1 = the model's own noise)")
     tok = model.tokenizer
     image = tok.token_id("<image>")
     empty = torch.zeros(0, model.config.latent_dim)
@@ -46,7 +50,7 @@ def sample_image_latents(
     out = []
     for i in range(model.config.image_tokens):
         c = h[:, -1]  # [2B or B, d]
-        z = model.diffusion.sample(c[:b], c[b:] if guided else None, cfg_scale, steps, generator)  # [B, D]
+        z = model.diffusion.sample(c[:b], c[b:] if guided else None, cfg_scale, steps, generator, temperature)
         out.append(z)
         if i + 1 == model.config.image_tokens:
             break
@@ -61,13 +65,14 @@ def sample_image_latents(
 
 @torch.no_grad()
 def generate_images(
-    model: LatentLM, prompts: list[str], steps: int = 20, cfg_scale: float = 3.0, seed: int = 0
+    model: LatentLM, prompts: list[str], steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, seed: int = 0,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> list[Image.Image]:
     """Prompts -> PIL images, deterministic for a given seed on CPU."""
     if "image" not in model.codecs:
         raise ValueError("this model has no image codec; it cannot generate pictures")
     generator = torch.Generator().manual_seed(seed)
-    z = sample_image_latents(model, prompts, steps, cfg_scale, generator)
+    z = sample_image_latents(model, prompts, steps, cfg_scale, generator, temperature)  # [B, N, D]
     codec = model.codecs["image"]
     pixels = codec.decode(codec.denormalize(z))  # [B, 3, H, W]
     return [to_pil(p) for p in pixels]

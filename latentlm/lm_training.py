@@ -15,10 +15,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from latentlm.backbones import BackboneConfig
-from latentlm.checkpoint import load_codec
+from latentlm.checkpoint import load_codec, load_weights, read_config
 from latentlm.codec_training import shapes_images
 from latentlm.config_io import load_yaml_config
 from latentlm.diffusion_head import DiffusionHeadConfig
+from latentlm.errors import ConfigError
 from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, collate, frame
@@ -41,6 +42,8 @@ class LMTrainConfig(BaseModel):
     text_loss_weight: float = Field(0.1, ge=0)
     data: LMDataConfig = LMDataConfig()
     train: OptimConfig = OptimConfig()
+    # A saved LatentLM (e.g. runs/x/final) whose weights start this run: a second, fine-tuning stage.
+    init_from: str | None = None
 
 
 def caption_variant(caption: str, rng: random.Random, size_drop: float) -> str:
@@ -72,8 +75,23 @@ class TextToImageTask:
             text_loss_weight=config.text_loss_weight,
         )
         self.model = LatentLM(model_config, self.tokenizer, {"image": self.codec})
+        if config.init_from:
+            self._init_from(Path(config.init_from), model_config)
         self.mu = self._cached_means(Path(cache_dir) / "scene_means.pt")
         self.captions = [scene_for("train", i).caption for i in range(config.data.n_train)]
+
+    def _init_from(self, directory: Path, model_config: ModelConfig) -> None:
+        """Load a trained LatentLM's weights; its architecture must be the one this config builds."""
+        saved = ModelConfig.model_validate(read_config(directory))
+        arch = {"vocab_size", "latent_dim", "image_tokens", "max_slots", "backbone", "head"}
+        ours, theirs = model_config.model_dump(include=arch), saved.model_dump(include=arch)
+        diff = sorted(k for k in arch if ours[k] != theirs[k])
+        if diff:
+            raise ConfigError(
+                f"init_from: {directory} holds a model whose {', '.join(diff)} differ from this config's; "
+                "start from a checkpoint of the same architecture (and tokenizer), or drop init_from"
+            )
+        load_weights(self.model, directory, exclude=("codecs.",))
 
     def _cached_means(self, path: Path) -> Tensor:
         n = self.config.data.n_train
@@ -88,11 +106,16 @@ class TextToImageTask:
         return mu
 
     def batch(self, step: int, batch_size: int) -> Batch:
-        """A pure function of `step`: the same step always gives the same batch."""
+        """A pure function of (seed, `step`): the same step always gives the same batch.
+
+        Seed 0 walks the scenes from the first; another seed (a second stage) starts elsewhere and
+        draws other noise and caption variants."""
         n, tok = self.config.data.n_train, self.tokenizer
-        rng = random.Random(step)
-        gen = torch.Generator().manual_seed(step)
-        idx = torch.tensor([(step * batch_size + j) % n for j in range(batch_size)])
+        key = step + self.config.train.seed * 1_000_003
+        rng = random.Random(key)
+        gen = torch.Generator().manual_seed(key)
+        first = self.config.train.seed * 7_919
+        idx = torch.tensor([(first + step * batch_size + j) % n for j in range(batch_size)])  # [B]
         z = self.codec.normalize(self.codec.perturb(self.mu[idx], gen))  # [B, N, D]
         seqs = []
         for j, i in enumerate(idx.tolist()):

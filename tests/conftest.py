@@ -3,10 +3,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+import sys
+
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+def _import_triton_under_the_interpreter() -> None:
+    """Triton jits its standard library at import, so TRITON_INTERPRET must be on at the first import.
+
+    On a CPU machine, import it here, before any test module (or latentlm.kernels) can, then drop the
+    variable so the dispatcher keeps choosing the references; interpreter tests set it per test.
+    """
+    if torch.cuda.is_available() or "triton" in sys.modules or "TRITON_INTERPRET" in os.environ:
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+
+
+_import_triton_under_the_interpreter()
 
 TINY_LM_YAML = """
 tokenizer: {tokenizer}

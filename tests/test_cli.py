@@ -69,6 +69,7 @@ def test_unknown_model(tmp_path):
     (["--cfg", "-1"], "--cfg"),
     (["--modality", "smell"], "--modality"),
     (["--seed", "abc"], "--seed"),
+    (["--temperature", "0"], "--temperature"),
 ])
 def test_bad_option_values(tmp_path, args, word):
     assert_user_error(run_cli("generate", "--prompt", "a red circle", *args, "-o", str(tmp_path / "x.png")), word)

@@ -49,6 +49,18 @@ def test_sampling_is_seeded_and_cfg_batched():
     assert not torch.allclose(a, c)
 
 
+def test_temperature_scales_the_starting_noise():
+    """Temperature 1 is the default path; 0.5 starts from half the noise and so lands elsewhere."""
+    torch.manual_seed(0)
+    head = DiffusionHead(4, 8, DiffusionHeadConfig(width=32, depth=1))
+    cond = torch.randn(3, 8)
+    draw = lambda t: head.sample(cond, steps=5, generator=torch.Generator().manual_seed(7), temperature=t)  # noqa: E731
+    default = head.sample(cond, steps=5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(draw(1.0), default)
+    assert torch.equal(draw(0.5), draw(0.5))
+    assert draw(0.5).norm() < draw(1.0).norm()  # a zero-init head predicts no signal: x shrinks with the noise
+
+
 def test_epsilon_and_v_objectives_both_train():
     for kind in ("epsilon", "v_prediction"):
         torch.manual_seed(0)

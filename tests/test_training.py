@@ -83,3 +83,31 @@ def test_batch_is_a_pure_function_of_step(tiny_lm_config, tmp_path):
         assert is_lat.sum() == 64 and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
         first = int(is_lat.nonzero()[0])
         assert ids[first - 1] == tok.token_id("<image>") and ids[first + 64] == tok.token_id("</image>")
+
+
+def test_batches_of_another_seed_differ(tiny_lm_config, tmp_path):
+    """A second stage (train.seed: 1) sees other scenes and noise at the same step than the first."""
+    from latentlm.config_io import load_yaml_config
+    from latentlm.lm_training import LMTrainConfig, TextToImageTask
+
+    config = load_yaml_config(tiny_lm_config, LMTrainConfig)
+    first = TextToImageTask(config, tmp_path).batch(3, 4)
+    config.train.seed = 1
+    second = TextToImageTask(config, tmp_path).batch(3, 4)
+    assert not torch.equal(first.latents, second.latents)
+
+
+def test_init_from_starts_a_second_stage_from_saved_weights(tiny_lm_config, tiny_model_dir, tmp_path):
+    from latentlm.config_io import load_yaml_config
+    from latentlm.lm_training import LMTrainConfig, TextToImageTask
+
+    config = load_yaml_config(tiny_lm_config, LMTrainConfig)
+    config.init_from = str(tiny_model_dir)
+    task = TextToImageTask(config, tmp_path)
+    saved = LatentLM.from_pretrained(tiny_model_dir).state_dict()
+    for name, value in task.model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+    config.backbone = config.backbone.model_copy(update={"d_model": 32})
+    with pytest.raises(ConfigError, match="init_from: .* backbone differ"):
+        TextToImageTask(config, tmp_path)

@@ -4,10 +4,10 @@ attention against their pure-PyTorch references.
 - CPU: the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1) at tiny shapes, and must match
   the references within relative RMS error 1e-5 in fp32 (fla style), forward and backward; the ternary
   kernel must be bit-identical. The interpreter must be on before triton is first imported (triton jits
-  its own standard library at import), so on a machine without CUDA this module switches it on at
-  import when nothing has imported triton yet. It then removes the variable again, so that the
-  dispatcher keeps choosing the references for the rest of the session, and each interpreter test sets
-  it for its own duration only.
+  its own standard library at import), so on a machine without CUDA tests/conftest.py imports triton
+  under it before any test module loads, then removes the variable again, so that the dispatcher keeps
+  choosing the references for the rest of the session; each interpreter test sets it for its own
+  duration only.
 - CUDA: the compiled kernels at real shapes (B=2, H=8, T=2048, D=64) in bf16/fp16 within 5e-3, fp32
   and a gradcheck. They skip without a GPU.
 - The SDPA-gather dilated attention is pure PyTorch and is checked on CPU directly (1e-5).
@@ -15,22 +15,13 @@ attention against their pure-PyTorch references.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA and "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton  # noqa: F401  (its standard library is now the interpreter's)
-    except ImportError:
-        pass
-    finally:
-        del os.environ["TRITON_INTERPRET"]
+# tests/conftest.py imports triton under the interpreter before any test module can import it.
 
 from latentlm.kernels import dispatch  # noqa: E402
 from latentlm.kernels.dilated_attention import dilated_attention, naive_dilated_attention  # noqa: E402

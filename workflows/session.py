@@ -7,7 +7,8 @@ from PIL import Image
 
 from latentlm.model import LatentLM
 from latentlm.workflows.planner import plan
-from latentlm.workflows.text_to_image import DEFAULT_CFG, DEFAULT_STEPS, text_to_image
+from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
+from latentlm.workflows.text_to_image import text_to_image
 
 DEFAULT_MODEL = "shapes-tiny"
 
@@ -23,10 +24,14 @@ class Result:
 class Session:
     """Holds a loaded model and runs requests through the planner and the workflows."""
 
-    def __init__(self, model: str | LatentLM = DEFAULT_MODEL, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG):
+    def __init__(
+        self, model: str | LatentLM = DEFAULT_MODEL, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG,
+        temperature: float = DEFAULT_TEMPERATURE,
+    ):
         self._model = model
         self.steps = steps
         self.cfg_scale = cfg_scale
+        self.temperature = temperature
 
     @property
     def model(self) -> LatentLM:
@@ -36,5 +41,7 @@ class Session:
 
     def run(self, request: str, seed: int = 0) -> Result:
         p = plan(request)
-        image = text_to_image(self.model, p.prompt, steps=self.steps, cfg_scale=self.cfg_scale, seed=seed)
+        image = text_to_image(
+            self.model, p.prompt, steps=self.steps, cfg_scale=self.cfg_scale, seed=seed, temperature=self.temperature
+        )
         return Result(p.workflow, p.prompt, image=image)

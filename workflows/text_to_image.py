@@ -5,12 +5,11 @@ from PIL import Image
 
 from latentlm.generation import generate_images
 from latentlm.model import LatentLM
-
-DEFAULT_STEPS = 20
-DEFAULT_CFG = 3.0
+from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
 
 def text_to_image(
-    model: LatentLM, prompt: str, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, seed: int = 0
+    model: LatentLM, prompt: str, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, seed: int = 0,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> Image.Image:
-    return generate_images(model, [prompt], steps=steps, cfg_scale=cfg_scale, seed=seed)[0]
+    return generate_images(model, [prompt], steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)[0]

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from report import machine, write_section
+from report import machine, table, write_section
 
 from latentlm.backbones import BackboneConfig, build_backbone
 from latentlm.backbones.retnet import RetNetState
@@ -64,12 +64,6 @@ def decode_ms(model, kind, config, context: int, steps: int = 8) -> float:
             _, s = model(x, s)
 
     return 1e3 * timed(run, repeat=3) / steps
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def decode_section(d: int, layers: int, heads: int, contexts: list[int]) -> tuple[str, dict]:

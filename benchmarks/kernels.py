@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from report import machine, write_section
+from report import machine, table, write_section
 from safetensors.torch import save_file
 from torch import nn
 
@@ -76,12 +76,6 @@ def measure(contenders: dict, rounds: int, target_s: float = 0.01) -> dict[str, 
                 fn(i)
             samples[name].append((time.perf_counter() - t0) / n)
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 @torch.no_grad()

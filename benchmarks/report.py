@@ -26,6 +26,13 @@ def machine() -> str:
             f"{gpu}, Python {platform.python_version()}, measured {date.today().isoformat()}")
 
 
+def table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the block between `<!-- name -->` and `<!-- /name -->`."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"

@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from report import machine, write_section
+from report import machine, table, write_section
 
 from latentlm.evaluation import eval_codec, eval_t2i
 from latentlm.model import LatentLM
@@ -36,9 +36,8 @@ def sweep(model: LatentLM) -> str:
     for cfg in (2.0, 3.0):
         for temperature in (0.8, 0.85, 1.0):
             r = eval_t2i(model, 120, 120, steps=20, cfg_scale=cfg, seed=0, temperature=temperature, progress=False)
-            rows.append(f"| {cfg} | {temperature} | {100 * r['single_adherence']:.1f}% | {100 * r['pair_adherence']:.1f}% |")
-    return ("### Sampling settings (seed 0, 240 prompts)\n\n| CFG | temperature | single | pair |\n|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
+            rows.append([cfg, temperature, f"{100 * r['single_adherence']:.1f}%", f"{100 * r['pair_adherence']:.1f}%"])
+    return "### Sampling settings (seed 0, 240 prompts)\n\n" + table(["CFG", "temperature", "single", "pair"], rows) + "\n"
 
 
 def main() -> None:

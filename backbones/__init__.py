@@ -4,16 +4,19 @@
 `forward(h [B, T, D], state=None, valid=None) -> (out [B, T, D], state)` and `state_nbytes(state)`.
 `state=None` runs the parallel form; otherwise `h` continues the sequence held in `state`.
 `valid` [B, T] is False at left padding, which every kind keeps invisible.
+`state_nbytes` counts the positions in use; KV caches grow in place while decoding (`kv_cache`), and
+their `state.allocated_nbytes()` adds the spare room.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from latentlm.backbones.config import BackboneConfig, BackboneKind
+from latentlm.backbones.kv_cache import KVCache
 from latentlm.backbones.longnet import LongNet
 from latentlm.backbones.presets import PRESETS, preset
 from latentlm.backbones.retnet import RetNet
-from latentlm.backbones.transformer import KVCache, Transformer
+from latentlm.backbones.transformer import Transformer
 from latentlm.backbones.yoco import YOCO
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 BackboneKind = Literal["transformer", "retnet", "yoco", "longnet", "bitnet"]
+GQA_KINDS = ("transformer", "bitnet", "yoco")  # the kinds with grouped-query attention (n_kv_heads)
 
 
 class BackboneConfig(BaseModel):
@@ -15,6 +16,9 @@ class BackboneConfig(BaseModel):
     d_model: int = Field(256, ge=8)
     n_layers: int = Field(4, ge=1)
     n_heads: int = Field(4, ge=1)
+    # Grouped-query attention: key/value heads, each shared by n_heads // n_kv_heads query heads (None:
+    # n_heads, plain multi-head attention). Transformer, BitNet and YOCO's global KV only.
+    n_kv_heads: int | None = Field(None, ge=1)
     ffn_mult: float = Field(8 / 3, gt=0)  # GLU hidden = ffn_mult * d_model, rounded to 8
     ffn_act: Literal["swiglu", "relu2"] = "swiglu"  # relu2: squared-ReLU GLU (BitNet b1.58)
     rope_theta: float = Field(10_000.0, gt=0)
@@ -36,6 +40,14 @@ class BackboneConfig(BaseModel):
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for rotary embeddings")
+        if self.n_kv_heads is not None:
+            if self.kind not in GQA_KINDS:
+                raise ValueError(f"n_kv_heads={self.n_kv_heads} applies to {', '.join(GQA_KINDS[:-1])} and "
+                                 f"{GQA_KINDS[-1]} (grouped-query attention); kind {self.kind!r} has no KV heads: "
+                                 "leave n_kv_heads unset")
+            if self.n_heads % self.n_kv_heads:
+                raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} "
+                                 "(each KV head serves the same number of query heads)")
         if len(self.segment_lengths) != len(self.dilation_rates) or not self.segment_lengths:
             raise ValueError("segment_lengths and dilation_rates need one entry per pattern, equally many")
         return self
@@ -43,6 +55,11 @@ class BackboneConfig(BaseModel):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of attention: n_kv_heads, or n_heads when unset."""
+        return self.n_kv_heads or self.n_heads
 
     @property
     def ffn_dim(self) -> int:

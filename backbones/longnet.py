@@ -7,10 +7,11 @@
   w_i-segment that lie, like n, on the head's grid (every r_i-th position from the offset). The keys a
   query sees are the UNION over patterns, under one softmax: a key that two patterns cover is
   counted once (torchscale issue #108; see `latentlm.kernels.dilated_attention`).
-- State: the same `KVCache` as the Transformer (keys and values of every layer, which positions are
-  real). Decoding attends, for the new query at position n, to exactly the cached keys the patterns
-  give position n, through the same kernel (it accepts Tq <= S queries over S keys), so prefill +
-  decoding equals the parallel forward. Cost per decoded token: O(sum_i w_i / r_i) keys per head.
+- State: the same `KVCache` as the Transformer (keys and values of every layer, growing in place
+  while decoding, and which positions are real). Decoding attends, for the new query at position n,
+  to exactly the cached keys the patterns give position n, through the same kernel (it accepts
+  Tq <= S queries over S keys), so prefill + decoding equals the parallel forward. Cost per decoded
+  token: O(sum_i w_i / r_i) keys per head.
 - Padding (`valid`, False at left padding): padding keys are never seen, and segment and grid positions
   count from each row's first real token, so a left-padded row gives the same outputs as the row alone.
   This runs in the efficient kernel too; there is no dense fallback.
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import RMSNorm, ffn, apply_rotary, linear, rotary_angles
-from latentlm.backbones.transformer import KVCache
+from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
 import latentlm.kernels.dilated_attention  # noqa: F401  (registers the dilated_attention implementations)
 from latentlm.kernels import dispatch
 
@@ -36,20 +37,19 @@ class DilatedSelfAttention(nn.Module):
         self.out = linear(config, d, d)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None, valid: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [B, T, D]; past keys/values [B, H, S - T, Dh] or None; valid [B, S] (all positions) or None."""
+        self, x: Tensor, cos: Tensor, sin: Tensor, past: KVBuffer | None, valid: Tensor | None
+    ) -> tuple[Tensor, KVBuffer]:
+        """x [B, T, D]; past: the layer's cache of S - T positions or None; valid [B, S] (all positions) or None."""
         b, t, _ = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
         q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # [B, H, S, Dh]
-            v = torch.cat([past[1], v], dim=2)
-        attend = dispatch.choose("dilated_attention", x.device).fn  # batched SDPA on GPU, else the reference
-        y = attend(q, k, v, self.config.segment_lengths, self.config.dilation_rates, valid=valid)
+        kv = KVBuffer.from_tensors(k, v) if past is None else past.append(k, v)  # [B, H, S, Dh] each
+        # GPU: batched SDPA over gathered segments; CPU: nested patterns fast path (else the reference)
+        attend = dispatch.choose("dilated_attention", x.device).fn
+        y = attend(q, kv.keys, kv.values, self.config.segment_lengths, self.config.dilation_rates, valid=valid)
         y = y.transpose(1, 2).reshape(b, t, h * dh)
-        return self.out(y), (k, v)
+        return self.out(y), kv
 
 
 class Block(nn.Module):
@@ -82,16 +82,16 @@ class LongNet(nn.Module):
         new_valid = valid if valid is not None else torch.ones(b, t, dtype=torch.bool, device=h.device)
         all_valid = new_valid if state is None else torch.cat([state.valid, new_valid], dim=1)  # [B, S]
         plain = state is None and valid is None  # no padding anywhere: the kernel needs no mask
+        padded = (state is not None and state.padded) or any_padding(valid)
         cos, sin = rotary_angles(torch.arange(start, start + t, device=h.device), self.config.head_dim,
                                  self.config.rope_theta)
-        keys, values = [], []
+        layers = []
         for i, block in enumerate(self.blocks):
-            past = (state.keys[i], state.values[i]) if state is not None else None
-            h, (k, v) = block(h, cos, sin, past, None if plain else all_valid)
-            keys.append(k)
-            values.append(v)
-        return self.norm(h), KVCache(keys, values, all_valid)
+            h, kv = block(h, cos, sin, state.layers[i] if state is not None else None, None if plain else all_valid)
+            layers.append(kv)
+        return self.norm(h), KVCache(layers, all_valid, padded)
 
     @staticmethod
     def state_nbytes(state: KVCache) -> int:
-        return sum(t.numel() * t.element_size() for t in state.keys + state.values)
+        """Bytes of the cached keys and values in use; `state.allocated_nbytes()` adds the spare room."""
+        return state.nbytes()

@@ -1,27 +1,20 @@
-"""The reference backbone: a pre-norm Transformer with RoPE, SDPA and a KV cache."""
+"""The reference backbone: a pre-norm Transformer with RoPE, SDPA and a growable KV cache.
+
+Attention may be grouped-query (`config.n_kv_heads`): the cache then holds n_kv_heads heads per layer.
+Decoding one token with no padding anywhere attends without a mask (a single query at the last
+position sees every key); a continuation of several tokens uses the bottom-right-aligned causal mask.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
 from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
 
-
-@dataclass
-class KVCache:
-    """Keys and values of every layer so far, and which key positions are real (not padding)."""
-
-    keys: list[Tensor]  # per layer [B, H, S, Dh]
-    values: list[Tensor]  # per layer [B, H, S, Dh]
-    valid: Tensor  # [B, S] bool
-
-    @property
-    def length(self) -> int:
-        return self.valid.shape[1]
+__all__ = ["Attention", "KVCache", "Transformer", "attention_mask"]
 
 
 def attention_mask(valid: Tensor, q_len: int) -> Tensor:
@@ -38,30 +31,41 @@ def attention_mask(valid: Tensor, q_len: int) -> Tensor:
     return mask[:, None]
 
 
+def attention_mask_for(valid: Tensor, q_len: int, padded: bool) -> tuple[Tensor | None, bool]:
+    """(mask, causal) for attending from the last `q_len` of the S positions `valid` [B, S].
+
+    Without padding, one query (decoding) needs no mask: it sees every key; queries at all S
+    positions need only SDPA's causal flag. Otherwise: the boolean mask of `attention_mask`
+    (bottom-right-aligned causal, padding hidden).
+    """
+    if not padded and q_len == 1:
+        return None, False
+    if not padded and q_len == valid.shape[1]:
+        return None, True
+    return attention_mask(valid, q_len), False
+
+
 class Attention(nn.Module):
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
         self.config = config
         d = config.d_model
-        self.qkv = linear(config, d, 3 * d)
+        self.qkv = linear(config, d, d + 2 * config.kv_heads * config.head_dim)  # q: H heads; k, v: Hkv heads
         self.out = linear(config, d, d)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None, mask: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self, x: Tensor, cos: Tensor, sin: Tensor, past: KVBuffer | None, mask: Tensor | None, causal: bool
+    ) -> tuple[Tensor, KVBuffer]:
+        """x [B, T, D]; `past` the layer's cache of S - T positions or None; `mask` [B, 1, T, S] or None."""
         b, t, _ = x.shape
-        h, dh = self.config.n_heads, self.config.head_dim
-        q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
+        h, hkv, dh = self.config.n_heads, self.config.kv_heads, self.config.head_dim
+        qkv = self.qkv(x).view(b, t, h + 2 * hkv, dh).transpose(1, 2)  # [B, H + 2 Hkv, T, Dh]
+        q, k, v = qkv.split([h, hkv, hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh] x 2
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # [B, H, S, Dh]
-            v = torch.cat([past[1], v], dim=2)
-        if mask is None:  # no padding and no cache: plain causal attention
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        kv = KVBuffer.from_tensors(k, v) if past is None else past.append(k, v)
+        y = attend(q, kv.keys, kv.values, mask, causal)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(b, t, h * dh)  # [B, T, D]
-        return self.out(y), (k, v)
+        return self.out(y), kv
 
 
 class Block(nn.Module):
@@ -72,8 +76,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = ffn(config)
 
-    def forward(self, x, cos, sin, past, mask):
-        a, kv = self.attn(self.attn_norm(x), cos, sin, past, mask)
+    def forward(self, x, cos, sin, past, mask, causal):
+        a, kv = self.attn(self.attn_norm(x), cos, sin, past, mask, causal)
         x = x + a
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -93,18 +97,17 @@ class Transformer(nn.Module):
         start = state.length if state is not None else 0
         new_valid = valid if valid is not None else torch.ones(b, t, dtype=torch.bool, device=h.device)
         all_valid = new_valid if state is None else torch.cat([state.valid, new_valid], dim=1)  # [B, S]
-        plain = state is None and valid is None
-        mask = None if plain else attention_mask(all_valid, t)
+        padded = (state is not None and state.padded) or any_padding(valid)
+        mask, causal = attention_mask_for(all_valid, t, padded)
         cos, sin = rotary_angles(torch.arange(start, start + t, device=h.device), self.config.head_dim,
                                  self.config.rope_theta)
-        keys, values = [], []
+        layers = []
         for i, block in enumerate(self.blocks):
-            past = (state.keys[i], state.values[i]) if state is not None else None
-            h, (k, v) = block(h, cos, sin, past, mask)
-            keys.append(k)
-            values.append(v)
-        return self.norm(h), KVCache(keys, values, all_valid)
+            h, kv = block(h, cos, sin, state.layers[i] if state is not None else None, mask, causal)
+            layers.append(kv)
+        return self.norm(h), KVCache(layers, all_valid, padded)
 
     @staticmethod
     def state_nbytes(state: KVCache) -> int:
-        return sum(t.numel() * t.element_size() for t in state.keys + state.values)
+        """Bytes of the cached keys and values in use; `state.allocated_nbytes()` adds the spare room."""
+        return state.nbytes()

@@ -4,7 +4,9 @@
   retention (`self_decoder="gated_retention"`, constant-size state) or sliding-window attention
   (`self_decoder="sliding_window"`, a cache of the last `window` keys/values), each followed by the GLU MLP (SwiGLU, or ReLU^2 for BitNet).
 - One global KV cache, computed once from the self-decoder's output after an RMSNorm
-  (k = W_k x with RoPE, v = W_v x) and shared by every cross-decoder layer.
+  (k = W_k x with RoPE, v = W_v x) and shared by every cross-decoder layer. It has `n_kv_heads`
+  heads (grouped-query attention, as YOCO 3B's 8 KV heads for 24 query heads; default n_heads) and
+  grows in place while decoding (`KVBuffer`).
 - Cross-decoder, the remaining layers: pre-norm blocks of causal cross-attention from the layer's
   queries to the global KV (the query at position n sees global keys 0..n), each followed by the GLU MLP (SwiGLU, or ReLU^2 for BitNet).
 - A final RMSNorm.
@@ -25,32 +27,53 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.kv_cache import KVBuffer, any_padding
 from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
-from latentlm.backbones.transformer import attention_mask
+from latentlm.backbones.transformer import attention_mask_for
 from latentlm.kernels import dispatch
 from latentlm.kernels.gated_retention import recurrent_gated_retention
 
 GATE_LOGIT_NORMALIZER = 16.0  # log decay = logsigmoid(W_g x) / 16, as in YOCO's gRet
 
 
-@dataclass
+@dataclass(frozen=True)
 class YOCOState:
     """Everything YOCO needs to continue a sequence of `length` positions.
 
     The position offset of the next token is `length`; `valid` marks which past positions are real
-    (False at left padding).
+    (False at left padding), `padded` whether any is not (a Python bool: decoding needs no sync).
     """
 
     self_states: list  # per self-decoder layer: gated retention, Tensor [B, H, Dh, Dh] fp32;
     #                    sliding window, (keys, values) each [B, H, min(length, window), Dh]
-    keys: Tensor  # the global KV cache: [B, H, S, Dh] (RoPE applied)
-    values: Tensor  # [B, H, S, Dh]
+    kv: KVBuffer  # the global KV cache, n_kv_heads heads (RoPE applied to the keys)
     valid: Tensor  # [B, S] bool
+    padded: bool
+
+    @classmethod
+    def from_tensors(cls, self_states: list, keys: Tensor, values: Tensor, valid: Tensor) -> "YOCOState":
+        """A state from the self-decoder states, global keys and values [B, Hkv, S, Dh] and `valid` [B, S]."""
+        if keys.shape[2] != valid.shape[1]:
+            raise ValueError(f"keys hold {keys.shape[2]} positions but valid has {valid.shape[1]}")
+        return cls(self_states, KVBuffer.from_tensors(keys, values), valid, any_padding(valid))
+
+    @property
+    def keys(self) -> Tensor:
+        return self.kv.keys  # [B, Hkv, S, Dh]
+
+    @property
+    def values(self) -> Tensor:
+        return self.kv.values  # [B, Hkv, S, Dh]
 
     @property
     def length(self) -> int:
         return self.valid.shape[1]
+
+    def allocated_nbytes(self) -> int:
+        """Bytes allocated for the state's tensors, the global KV's spare room for decoding included."""
+        return self.kv.allocated_nbytes() + sum(x.numel() * x.element_size() for x in self.tensors()[2:])
 
     def tensors(self) -> list[Tensor]:
         out = [self.keys, self.values]
@@ -130,16 +153,13 @@ class SlidingWindowAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        if mask is None:  # no cache, no padding, T <= window: plain causal attention
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attend(q, k, v, mask, causal=mask is None)  # no mask: no cache, no padding, T <= window
         y = y.transpose(1, 2).reshape(b, t, h * dh)
         return self.out(y), (k[:, :, -w:], v[:, :, -w:])
 
 
 class CrossAttention(nn.Module):
-    """Queries of this layer against the shared global keys/values."""
+    """Queries of this layer (n_heads) against the shared global keys/values (n_kv_heads)."""
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -148,14 +168,14 @@ class CrossAttention(nn.Module):
         self.q = linear(config, d, d)
         self.out = linear(config, d, d)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, causal: bool
+    ) -> Tensor:
+        """x [B, T, D]; keys, values [B, Hkv, S, Dh]; mask [B, 1, T, S] or None (see `attention_mask_for`)."""
         b, t, _ = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
-        q = apply_rotary(self.q(x).view(b, t, h, dh).transpose(1, 2), cos, sin)
-        if mask is None:  # queries and keys are the same positions, no padding
-            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        q = apply_rotary(self.q(x).view(b, t, h, dh).transpose(1, 2), cos, sin)  # [B, H, T, Dh]
+        y = attend(q, keys, values, mask, causal)
         return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
 
 
@@ -184,8 +204,8 @@ class CrossBlock(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = ffn(config)
 
-    def forward(self, x, cos, sin, keys, values, mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, keys, values, mask)
+    def forward(self, x, cos, sin, keys, values, mask, causal):
+        x = x + self.attn(self.attn_norm(x), cos, sin, keys, values, mask, causal)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -200,7 +220,7 @@ class YOCO(nn.Module):
         d = config.d_model
         self.self_blocks = nn.ModuleList(SelfBlock(config) for _ in range(n_self))
         self.kv_norm = RMSNorm(d, config.norm_eps)
-        self.kv = linear(config, d, 2 * d)  # the global KV projection, applied once
+        self.kv = linear(config, d, 2 * config.kv_heads * config.head_dim)  # the global KV projection, once
         self.cross_blocks = nn.ModuleList(CrossBlock(config) for _ in range(config.n_layers - n_self))
         self.norm = RMSNorm(d, config.norm_eps)
 
@@ -218,6 +238,7 @@ class YOCO(nn.Module):
         new_valid = valid if valid is not None else torch.ones(b, t, dtype=torch.bool, device=h.device)
         all_valid = new_valid if state is None else torch.cat([state.valid, new_valid], dim=1)  # [B, S]
         plain = state is None and valid is None
+        padded = (state is not None and state.padded) or any_padding(valid)
         cos, sin = rotary_angles(torch.arange(start, start + t, device=h.device), cfg.head_dim, cfg.rope_theta)
 
         # Self-decoder.
@@ -233,22 +254,20 @@ class YOCO(nn.Module):
             self_states.append(s)
 
         # The global KV, once.
-        hd, nh = cfg.head_dim, cfg.n_heads
-        k, v = self.kv(self.kv_norm(x)).view(b, t, 2, nh, hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
-        k = apply_rotary(k, cos, sin)
-        if state is not None:
-            k = torch.cat([state.keys, k], dim=2)
-            v = torch.cat([state.values, v], dim=2)
-        new_state = YOCOState(self_states, k, v, all_valid)
+        k, v = self.kv(self.kv_norm(x)).view(b, t, 2, cfg.kv_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
+        k = apply_rotary(k, cos, sin)  # k, v each [B, Hkv, T, Dh]
+        kv = KVBuffer.from_tensors(k, v) if state is None else state.kv.append(k, v)
+        new_state = YOCOState(self_states, kv, all_valid, padded)
 
         # Cross-decoder.
         if early_exit:
             x, cos, sin, q_len = x[:, -1:], cos[-1:], sin[-1:], 1
         else:
             q_len = t
-        mask = None if plain and not early_exit else attention_mask(all_valid, q_len)
+        mask, causal = attention_mask_for(all_valid, q_len, padded)
+        keys, values = kv.keys, kv.values  # [B, Hkv, S, Dh]
         for block in self.cross_blocks:
-            x = block(x, cos, sin, k, v, mask)
+            x = block(x, cos, sin, keys, values, mask, causal)
         return self.norm(x), new_state
 
     def prefill(self, h: Tensor, valid: Tensor | None = None, early_exit: bool = True) -> tuple[Tensor, YOCOState]:
@@ -257,6 +276,7 @@ class YOCO(nn.Module):
 
     @staticmethod
     def state_nbytes(state: YOCOState) -> int:
-        """Bytes of the state's tensors: the global KV plus the self-decoder states (like
-        `Transformer.state_nbytes`, the small [B, S] bool `valid` mask is not counted)."""
+        """Bytes of the state's tensors: the global KV in use plus the self-decoder states (like
+        `Transformer.state_nbytes`, the small [B, S] bool `valid` mask is not counted).
+        `state.allocated_nbytes()` adds the global KV's spare room."""
         return sum(x.numel() * x.element_size() for x in state.tensors())

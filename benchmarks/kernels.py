@@ -148,11 +148,14 @@ def gemv_section(quick: bool) -> str:
 def model_pair(d: int, layers: int, heads: int) -> tuple[nn.Module, nn.Module]:
     """(bitnet backbone with latent fp32 BitLinear weights, fp32 Transformer of the same architecture).
 
-    The `bitnet-b1.58-2b4t` preset (ReLU^2 GLU, FFN 2.7 d, RoPE 5e5) at the given size; the fp32 side
-    is the same config with kind "transformer" and `ternary=False`, so every projection has the same
-    shape (nn.Linear instead of BitLinear, which adds no parameter) and the parameter counts match.
+    The `bitnet-b1.58-2b4t` preset (ReLU^2 GLU, FFN 2.7 d, RoPE 5e5, 4 query heads per KV head) at the
+    given size; the fp32 side is the same config with kind "transformer" and `ternary=False`, so every
+    projection has the same shape (nn.Linear instead of BitLinear, which adds no parameter) and the
+    parameter counts match.
     """
-    config = preset("bitnet-b1.58-2b4t", d_model=d, n_layers=layers, n_heads=heads)
+    base = preset("bitnet-b1.58-2b4t")
+    group = base.n_heads // base.kv_heads  # query heads per KV head, kept at any size
+    config = preset("bitnet-b1.58-2b4t", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=heads // group)
     torch.manual_seed(0)
     bitnet = build_backbone(config).eval()
     torch.manual_seed(0)
@@ -198,6 +201,7 @@ def model_section(quick: bool) -> str:
     else:
         (d, layers, heads), prompt, steps, threads, rounds = (2048, 6, 16), 64, 16, (1, 2), 7
     bitnet, fp32 = model_pair(d, layers, heads)
+    kv_heads = fp32.config.kv_heads
     params = n_params(bitnet), n_params(fp32)
     assert params[0] == params[1], params
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,7 +216,8 @@ def model_section(quick: bool) -> str:
         s = measure(contenders, rounds, target_s=0)  # one call (`steps` tokens) per round each
         tok_s = {name: steps / sec for name, sec in s.items()}
         ratios[t] = tok_s["bitnet"] / tok_s["fp32"]
-        rows.append([f"d {d}, {layers} layers, {heads} heads, FFN {bitnet.config.ffn_dim}", t,
+        rows.append([f"d {d}, {layers} layers, {heads} heads ({kv_heads} KV), "
+                     f"FFN {bitnet.config.ffn_dim}", t,
                      f"{tok_s['fp32']:.1f}", f"{tok_s['bitnet']:.1f}", f"{1e3 / tok_s['fp32']:.2f}",
                      f"{1e3 / tok_s['bitnet']:.2f}", f"**{ratios[t]:.2f}x**"])
     torch.set_num_threads(default_threads)
@@ -231,7 +236,8 @@ def model_section(quick: bool) -> str:
             f"- bitnet weights file vs the fp32 one: {sizes['fp32'] / sizes['packed']:.1f}x smaller (bar >= 10x)."]
     return (f"## Kernels, model level (issue 4)\n\nMachine: {machine()}.\n\n"
             f"C++ ternary path: `{cpu_isa()}`. The `bitnet-b1.58-2b4t` preset (ReLU^2 GLU, FFN 2.7 d, "
-            f"RoPE 5e5) at d {d}, {layers} layers, {heads} heads, packed with `pack_model` (every BitLinear a "
+            f"RoPE 5e5) at d {d}, {layers} layers, {heads} heads ({kv_heads} KV heads), packed with `pack_model` "
+            f"(every BitLinear a "
             f"PackedBitLinear: fp32 RMSNorm, int8 activations, the C++ kernel on 2-bit weights), against the "
             f"same config as a fp32 `transformer` (nn.Linear); parameters: bitnet {params[0]:,}, fp32 "
             f"Transformer {params[1]:,}. Backbones only (no embedding or output head). Decoding: "

@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -137,7 +137,11 @@ def train_lm(
     """Train from a YAML config; `backbone` overrides the config's backbone kind."""
     config = load_yaml_config(config_path, LMTrainConfig)
     if backbone is not None:
-        config.backbone = config.backbone.model_copy(update={"kind": backbone})
+        try:  # validated again: a field of the old kind may not suit the new one (n_kv_heads for retnet)
+            config.backbone = BackboneConfig(**(config.backbone.model_dump() | {"kind": backbone}))
+        except ValidationError as err:
+            raise ConfigError(f"--backbone {backbone}: {err.errors()[0]['msg']}; change the config's backbone "
+                              "section to suit it") from None
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the config's seed
     task = TextToImageTask(config, Path(out_dir))
     return train(task, config.train, out_dir, resume=resume, **kwargs)

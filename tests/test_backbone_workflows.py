@@ -69,3 +69,12 @@ def test_save_load_identity_with_every_backbone(trained, kind, tmp_path):
     again = LatentLM.from_pretrained(tmp_path / "copy")
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_train_backbone_flag_revalidates_the_config(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+    """A GQA YOCO config switched to RetNet (which has no KV heads) is a user error, not a silent drop."""
+    config = write_tiny_lm_config(tmp_path / "lm.yaml", tiny_tokenizer_path, tiny_codec_dir, steps=1,
+                                  backbone_extra=", kind: yoco, n_kv_heads: 2")
+    result = run_cli("train", str(config), "-o", str(tmp_path / "run"), "--backbone", "retnet")
+    assert_user_error(result, "n_kv_heads")
+    assert not (tmp_path / "run" / "final").exists()

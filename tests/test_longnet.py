@@ -95,7 +95,8 @@ def test_attention_matches_dense_oracle():
 
     cos, sin = rotary_angles(torch.arange(T), D // H, 10_000.0)
     with torch.no_grad():
-        y, (k, v) = attn(x, cos, sin, None, None)
+        y, kv = attn(x, cos, sin, None, None)
+        k, v = kv.keys, kv.values
         q = apply_rotary(attn.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)[0], cos, sin)
         ref = naive_dilated_attention(q, k, v, [4, 8], [1, 2]).transpose(1, 2).reshape(B, T, D)
     assert rel_max(y, attn.out(ref)) <= 1e-5

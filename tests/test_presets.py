@@ -27,6 +27,17 @@ def test_published_sizes_have_their_parameter_counts(name, low, high):
     assert low <= _params(preset(name)) <= high
 
 
+@pytest.mark.parametrize("name", ["bitnet-b1.58-2b4t", "yoco-3b"])
+def test_grouped_query_attention_saves_the_kv_projections(name):
+    """GQA presets: fewer parameters than with n_heads KV heads by exactly the dropped k and v rows
+    (every layer's qkv for BitNet, the one global KV projection for YOCO)."""
+    config = preset(name)
+    assert config.n_kv_heads < config.n_heads
+    kv_layers = config.n_layers if config.kind == "bitnet" else 1
+    dropped = kv_layers * 2 * (config.n_heads - config.n_kv_heads) * config.head_dim * config.d_model
+    assert _params(preset(name, n_kv_heads=None)) - _params(config) == dropped
+
+
 def test_tiny_presets_run_on_cpu():
     for name in [n for n in PRESETS if n.endswith("-tiny")]:
         model = build_backbone(preset(name, n_layers=2))

@@ -4,24 +4,32 @@ import torch
 from latentlm.backbones import BackboneConfig, build_backbone
 
 
-@pytest.fixture(scope="module")
-def backbone():
+@pytest.fixture(scope="module", params=[None, 2, 1], ids=lambda n: f"kv_heads={n or 4}")
+def backbone(request):
+    """Multi-head attention, and grouped-query attention with 2 and 1 KV heads."""
     torch.manual_seed(0)
-    return build_backbone(BackboneConfig(d_model=64, n_layers=2, n_heads=4)).eval()
+    return build_backbone(BackboneConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=request.param)).eval()
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "left-padding"])
 @pytest.mark.parametrize("prefill", [1, 5, 12])
-def test_prefill_then_decode_equals_parallel(backbone, prefill):
+def test_prefill_then_decode_equals_parallel(backbone, prefill, padded):
     x = torch.randn(3, 13, 64)
-    full, _ = backbone(x)
-    y, state = backbone(x[:, :prefill])
+    valid = None
+    if padded:
+        valid = torch.ones(3, 13, dtype=torch.bool)
+        valid[1, :4] = False
+        valid[2, :7] = False
+    full, _ = backbone(x, valid=valid)
+    y, state = backbone(x[:, :prefill], valid=None if valid is None else valid[:, :prefill])
     outs = [y]
-    for i in range(prefill, 13):
-        y, state = backbone(x[:, i:i + 1], state)
+    for i in range(prefill, 13):  # a row may still be in its padding after a short prefill
+        y, state = backbone(x[:, i:i + 1], state, valid=None if valid is None else valid[:, i:i + 1])
         outs.append(y)
     rel = (torch.cat(outs, 1) - full).abs().max() / full.abs().max()
     assert rel <= 1e-4
-    assert backbone.state_nbytes(state) == 2 * 2 * 3 * 4 * 13 * 16 * 4  # layers*(k,v)*B*H*T*Dh*fp32
+    hkv = backbone.config.kv_heads
+    assert backbone.state_nbytes(state) == 2 * 2 * 3 * hkv * 13 * 16 * 4  # layers*(k,v)*B*Hkv*T*Dh*fp32
 
 
 def test_left_padding_is_invisible(backbone):
@@ -46,6 +54,16 @@ def test_config_errors():
         BackboneConfig(d_model=63, n_heads=4)
     with pytest.raises(ValueError, match="kind"):
         BackboneConfig(kind="mamba")
+    with pytest.raises(ValueError, match="n_heads=6 must be a multiple of n_kv_heads=4"):
+        BackboneConfig(d_model=48, n_heads=6, n_kv_heads=4)
+    for kind in ("retnet", "longnet"):
+        with pytest.raises(ValueError, match="applies to transformer, bitnet and yoco"):
+            BackboneConfig(kind=kind, n_kv_heads=2)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        BackboneConfig(n_kv_heads=0)
+    for kind in ("transformer", "bitnet", "yoco"):
+        assert BackboneConfig(kind=kind, n_heads=4, n_kv_heads=2).kv_heads == 2
+    assert BackboneConfig(n_heads=4).kv_heads == 4
 
 
 @pytest.mark.parametrize("kind", ["transformer", "retnet", "yoco", "longnet", "bitnet"])

@@ -9,6 +9,8 @@ from latentlm.backbones.yoco import YOCO, window_mask
 
 B, T, D, H, L = 2, 13, 32, 4, 4  # T=13 is a multiple of neither chunk_size=4 nor window=5
 KINDS = ["gated_retention", "sliding_window"]
+# (self-decoder, n_kv_heads of the global KV): multi-head, and grouped-query with 2 and 1 KV heads
+VARIANTS = [("gated_retention", None), ("sliding_window", None), ("gated_retention", 2), ("sliding_window", 1)]
 
 
 def make(kind, n_layers=L, **kw):
@@ -22,16 +24,17 @@ def rel_max(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-kv_heads={v[1] or H}")
 def model(request):
-    return make(request.param)
+    kind, n_kv_heads = request.param
+    return make(kind, n_kv_heads=n_kv_heads)
 
 
 def test_state_layout(model):
     x = torch.randn(B, T, D)
     out, state = model(x)
     assert out.shape == (B, T, D) and state.length == T
-    assert state.keys.shape == state.values.shape == (B, H, T, D // H)
+    assert state.keys.shape == state.values.shape == (B, model.config.kv_heads, T, D // H)
     assert len(state.self_states) == L // 2
 
 
@@ -120,15 +123,17 @@ def test_training_backward(model):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
 @pytest.mark.parametrize("kind", KINDS)
-def test_state_nbytes_is_one_layer_of_kv(kind):
-    """The growing part of the state is ONE layer's keys and values; a Transformer keeps n_layers."""
+def test_state_nbytes_is_one_layer_of_kv(kind, n_kv_heads):
+    """The growing part of the state is ONE layer's keys and values; a Transformer keeps n_layers.
+    With grouped-query attention (both models) it holds n_kv_heads heads."""
     n_layers, s = 6, 40
-    model = make(kind, n_layers=n_layers)
+    model = make(kind, n_layers=n_layers, n_kv_heads=n_kv_heads)
     with torch.no_grad():
         _, state = model(torch.randn(B, s, D))
-    dh = D // H
-    kv_one_layer = 2 * B * H * s * dh * 4  # (k, v) * B * H * S * Dh * fp32
+    dh, hkv = D // H, model.config.kv_heads
+    kv_one_layer = 2 * B * hkv * s * dh * 4  # (k, v) * B * Hkv * S * Dh * fp32
     if kind == "gated_retention":
         self_part = (n_layers // 2) * B * H * dh * dh * 4  # constant-size recurrent states, fp32
     else:
@@ -136,7 +141,7 @@ def test_state_nbytes_is_one_layer_of_kv(kind):
     assert model.state_nbytes(state) == kv_one_layer + self_part
 
     torch.manual_seed(0)
-    ref = Transformer(BackboneConfig(d_model=D, n_layers=n_layers, n_heads=H)).eval()
+    ref = Transformer(BackboneConfig(d_model=D, n_layers=n_layers, n_heads=H, n_kv_heads=n_kv_heads)).eval()
     with torch.no_grad():
         _, cache = ref(torch.randn(B, s, D))
     assert ref.state_nbytes(cache) == n_layers * kv_one_layer
@@ -146,7 +151,7 @@ def test_state_nbytes_is_one_layer_of_kv(kind):
         _, cache2 = ref(torch.randn(B, 1, D), cache)
     yoco_growth = model.state_nbytes(state2) - model.state_nbytes(state)
     tf_growth = ref.state_nbytes(cache2) - ref.state_nbytes(cache)
-    assert yoco_growth * n_layers == tf_growth == n_layers * 2 * B * H * dh * 4
+    assert yoco_growth * n_layers == tf_growth == n_layers * 2 * B * hkv * dh * 4
 
 
 @pytest.mark.parametrize("kind,n_layers,window", [("gated_retention", 1, 5), ("sliding_window", 1, 5),

@@ -7,17 +7,18 @@ b1.58 2B4T: 20 heads, 5 KV heads).
 
 Paths:
 - whole sequences, prefill, masked continuation: `F.scaled_dot_product_attention(..., enable_gqa=True)`.
-- one query with no mask (decoding without padding) and groups > 1: `grouped_single_query`, the g
-  query heads of a group as g queries of one head. SDPA's own GQA reads a KV head once per query
-  head sharing it (CPU kernel) or first expands the cache with `repeat_interleave` (fp32 math path).
-  Measured on a 2-core AMD EPYC, fp32, one layer at 16k keys: 24 heads / 8 KV heads x 128 (the
-  yoco-3b preset) 14.6 ms against 21.0 ms; 4 heads / 1 KV head x 64, 0.67 ms against 1.04 ms.
+- one query with no mask (decoding without padding): op "decode_attention" of `latentlm.kernels`,
+  which reads each KV head once for all the query heads sharing it: the fused C++ kernel on CPU,
+  elsewhere one SDPA call with a group's query heads as queries of one head (SDPA's own enable_gqa
+  reads a KV head once per query head on CPU). Timings: BENCHMARKS.md "Backbones", "Decode attention".
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+import latentlm.kernels.decode_attention  # noqa: F401  (registers the decode_attention implementations)
+from latentlm.kernels import dispatch
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
@@ -29,18 +30,6 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: 
     groups = q.shape[1] // k.shape[1]
     if q.shape[1] != groups * k.shape[1]:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} KV heads")
-    if groups > 1 and q.shape[2] == 1 and mask is None and not causal:
-        return grouped_single_query(q, k, v)
+    if q.shape[2] == 1 and mask is None and not causal:
+        return dispatch.choose("decode_attention", q.device).fn(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=groups > 1)
-
-
-def grouped_single_query(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """One query per head, all keys visible: q [B, H, 1, Dh] over k, v [B, Hkv, S, Dh] -> [B, H, 1, Dh].
-
-    The g = H / Hkv query heads that share a KV head are g queries against the same keys, with no
-    mask: one fused attention call over Hkv heads of g queries each, which reads each KV head once.
-    """
-    b, h, _, dh = q.shape
-    hkv = k.shape[1]
-    out = F.scaled_dot_product_attention(q.reshape(b, hkv, h // hkv, dh), k, v)  # [B, Hkv, g, Dh]
-    return out.reshape(b, h, 1, dh)

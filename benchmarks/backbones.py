@@ -26,6 +26,7 @@ from latentlm.backbones.retnet import RetNetState
 from latentlm.backbones.kv_cache import KVCache
 from latentlm.backbones.yoco import YOCOState
 from latentlm.kernels import dispatch
+from latentlm.kernels.decode_attention import decode_attention_reference
 from latentlm.kernels.dilated_attention import dilated_attention
 
 
@@ -135,14 +136,46 @@ def preset_decode_section(name: str, contexts: list[int]) -> str:
     for p in model.parameters():
         p.normal_(0.0, 0.02)
     n_params = sum(p.numel() for p in model.parameters())
-    ms = decode_ms({c: (model, config, c) for c in contexts}, steps=2, rounds=3)
+    ms = decode_ms({c: (model, config, c) for c in contexts}, steps=2, rounds=5)
     del model
     lo, hi = contexts[0], contexts[-1]
     kv = f"{config.n_heads} heads / {config.kv_heads} KV heads"
     return (f"### Decode step at a published size: `{name}` ({n_params / 1e9:.2f}B parameters, d={config.d_model}, "
             f"{config.n_layers} layers, {kv}), batch 1, fp32\n\n"
             + table(["context", "ms / token"], [[f"{c:,}", f"{ms[c]:.0f}"] for c in contexts])
-            + f"\n\n- Flatness {lo:,} -> {hi:,}: {name} {ms[hi] / ms[lo]:.2f}x (bar <= 1.3x).")
+            + f"\n\n- Flatness {lo:,} -> {hi:,}: {name} {ms[hi] / ms[lo]:.2f}x (bar <= 1.3x). Contexts take turns, "
+            "5 rounds of 2 tokens; the fastest round counts.")
+
+
+@torch.no_grad()
+def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[int], rounds: int = 20) -> str:
+    """One layer's decode attention (one query per head over the whole cache): the op that Transformer
+    and YOCO attention dispatch to, against grouped SDPA (its reference) and SDPA's own enable_gqa.
+    The three take turns, `rounds` times; the fastest call of each counts."""
+    impl = dispatch.choose("decode_attention", "cpu")
+    rows = []
+    for h, hkv, dh in shapes:
+        for s in contexts:
+            store = [torch.randn(1, hkv, s + 512, dh) for _ in range(2)]
+            k, v = (x[:, :, :s] for x in store)  # views of a KV buffer with spare room
+            q = torch.randn(1, h, 1, dh)
+            fns = (lambda: impl.fn(q, k, v), lambda: decode_attention_reference(q, k, v),
+                   lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=h != hkv))
+            best = [float("inf")] * len(fns)
+            for _ in range(rounds):
+                for i, fn in enumerate(fns):
+                    t0 = time.perf_counter()
+                    fn()
+                    best[i] = min(best[i], 1e3 * (time.perf_counter() - t0))
+            rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", f"{2 * k.numel() * 4 / 2**20:.1f}",
+                         *(f"{t:.3f}" for t in best), f"{best[2] / best[0]:.2f}x"])
+    return ("### Decode attention, one layer, batch 1, fp32\n\n"
+            f"`{impl.name}`: the op attention dispatches to when decoding on CPU (the C++ kernel for caches of "
+            "8 MiB and more, below that the reference); the reference: one SDPA call with each KV group's query "
+            "heads as queries; SDPA `enable_gqa` reads each KV head once per query head. The three take turns, "
+            f"fastest of {rounds} calls each.\n\n"
+            + table(["heads / KV heads x dim", "keys", "cache (MiB)", f"{impl.name} (ms)", "reference (ms)",
+                     "SDPA enable_gqa (ms)", f"SDPA / {impl.name}"], rows))
 
 
 @torch.no_grad()
@@ -323,6 +356,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         parts = [decode_section(64, 4, 2, [256, 1024], [2, 1])[0], decode_section(64, 4, 2, [256, 1024], [1], batch=4)[0],
+                 decode_attention_section([(4, 1, 32)], [256, 1024]),
                  yoco_section(64, 4, 2, 512),
                  longnet_section(2, 32, [1024, 2048], [128, 256], [1, 2]),
                  peer_section(64, 4, 2, [128, 512], prefill=128, check=128)]
@@ -331,6 +365,7 @@ def main() -> None:
         parts = [decode_section(256, 12, 4, contexts, [4, 1])[0],
                  decode_section(256, 12, 4, contexts, [1], batch=8)[0],
                  preset_decode_section("yoco-3b", [1024, 16384]),
+                 decode_attention_section([(4, 4, 64), (4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  yoco_section(256, 12, 4, 8192),
                  longnet_section(4, 64, [8192, 16384, 32768], [1024, 2048, 4096, 8192, 16384], [1, 2, 4, 8, 16]),
                  peer_section(256, 12, 4, [512, 2048], prefill=1024, check=256)]

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from latentlm.backbones import BackboneConfig, build_backbone
-import latentlm.backbones.attention as attention
-from latentlm.backbones.attention import attend, grouped_single_query
+from latentlm.kernels import dispatch
+from latentlm.backbones.attention import attend
+from latentlm.kernels.decode_attention import decode_attention_reference
 from latentlm.backbones.transformer import attention_mask
 
 B, H, DH = 2, 6, 8
@@ -47,24 +48,26 @@ def test_attend_matches_repeat_interleave(hkv):
 
 @pytest.mark.parametrize("s", [29, 549])
 @pytest.mark.parametrize("hkv", [6, 3, 1])
-def test_grouped_single_query_matches_repeat_interleave(hkv, s):
+def test_decode_attention_reference_matches_repeat_interleave(hkv, s):
     torch.manual_seed(0)
     store_k, store_v = torch.randn(B, hkv, s + 11, DH), torch.randn(B, hkv, s + 11, DH)
     k, v = store_k[:, :, :s], store_v[:, :, :s]  # strided views, as a KV buffer with spare room gives
     q = torch.randn(B, H, 1, DH)
-    assert rel_max(grouped_single_query(q, k, v), reference(q, k, v)) <= 1e-5  # fp32, another summation order
-    bf = grouped_single_query(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert rel_max(decode_attention_reference(q, k, v), reference(q, k, v)) <= 1e-5  # fp32, another summation order
+    bf = decode_attention_reference(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert bf.dtype == torch.bfloat16 and rel_max(bf.float(), reference(q, k, v)) <= 2e-2
 
 
-def test_decoding_with_groups_takes_the_grouped_path(monkeypatch):
+def test_decoding_goes_through_the_decode_attention_op(monkeypatch):
     calls = []
-    monkeypatch.setattr(attention, "grouped_single_query", lambda *a: calls.append(1) or grouped_single_query(*a))
-    q, k, v = qkv(1, 30, 6)
-    attend(q, k, v)
-    assert calls == []  # one query head per KV head: plain SDPA
-    q, k, v = qkv(1, 30, 2)
-    assert rel_max(attend(q, k, v), reference(q, k, v)) <= 1e-6 and calls == [1]
+    impl = dispatch.choose("decode_attention", "cpu")
+    monkeypatch.setattr(dispatch, "choose", lambda op, device: calls.append(op) or impl)
+    for hkv in (6, 2):
+        q, k, v = qkv(1, 30, hkv)
+        assert rel_max(attend(q, k, v), reference(q, k, v)) <= 1e-5
+    q, k, v = qkv(4, 30, 2)
+    attend(q, k, v, attention_mask(torch.ones(B, 30, dtype=torch.bool), 4))  # a continuation: SDPA
+    assert calls == ["decode_attention", "decode_attention"]
 
 
 def test_head_counts_must_divide():
@@ -74,11 +77,12 @@ def test_head_counts_must_divide():
 
 
 def test_equal_heads_is_the_old_mha_math():
-    """n_kv_heads == n_heads: the same parameters as the default and the same SDPA call as before GQA."""
+    """n_kv_heads == n_heads: the same parameters as the default and the same SDPA call as before GQA
+    (decoding one token goes through the decode_attention op: the same maths, another kernel)."""
     q, k, v = qkv(7, 7, H)
     assert torch.equal(attend(q, k, v, causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
     q, k, v = qkv(1, 7, H)
-    assert torch.equal(attend(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert rel_max(attend(q, k, v), F.scaled_dot_product_attention(q, k, v)) <= 1e-5
     for kind in ("transformer", "yoco"):
         torch.manual_seed(0)
         mha = build_backbone(BackboneConfig(kind=kind, d_model=48, n_layers=2, n_heads=H)).eval()

@@ -174,9 +174,9 @@ def test_fallback_when_the_build_fails(ext, monkeypatch):
     def no_compiler():
         raise RuntimeError("c++: command not found")
 
-    monkeypatch.setattr(cpu, "_build", no_compiler)
-    monkeypatch.setattr(cpu, "_ext", None)  # undone after the test: the loaded module comes back
-    monkeypatch.setattr(cpu, "_tried", False)
+    monkeypatch.setattr(cpu.EXTENSION, "build", no_compiler)
+    monkeypatch.setattr(cpu.EXTENSION, "_ext", None)  # undone after the test: the loaded module comes back
+    monkeypatch.setattr(cpu.EXTENSION, "_tried", False)
     _, _, _, _, packed = _case(1, 7, 300, BLOCK_SIZE, seed=4)
     x = torch.randn(3, 300)
     x_q, x_scale = quantize_activations(x)

@@ -1,0 +1,99 @@
+"""Decode attention (one new query per head over the whole cache): the fused C++ CPU kernel against
+the PyTorch reference (relative RMS, fla style), on strided cache views, every group size, lengths
+around the chunk size, both ISA paths; what the kernel does not take goes to the reference."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentlm.kernels import dispatch
+from latentlm.kernels.decode_attention import cpu, decode_attention_cpp, decode_attention_reference
+
+B, H, D = 2, 6, 32
+
+
+def case(hkv, s, seed=0, spare=9):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, 1, D, generator=g)
+    k = torch.randn(B, hkv, s + spare, D, generator=g)[:, :, :s]  # views of a buffer with spare room
+    v = torch.randn(B, hkv, s + spare, D, generator=g)[:, :, :s]
+    return q, k, v
+
+
+def rel_rms(a, b):
+    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
+
+
+@pytest.fixture
+def ext(monkeypatch):
+    """The built extension, taking caches of any size (these tests' caches are small)."""
+    if not cpu.available():
+        pytest.skip("the C++ decode attention kernel could not be built here")
+    monkeypatch.setattr(cpu, "MIN_CACHE_BYTES", 0)
+    return cpu.EXTENSION.get()
+
+
+@pytest.mark.parametrize("avx2", [True, False])
+@pytest.mark.parametrize("s", [1, 7, cpu.CHUNK - 1, cpu.CHUNK, cpu.CHUNK + 1, 3 * cpu.CHUNK + 17])
+@pytest.mark.parametrize("hkv", [6, 3, 1])
+def test_kernel_equals_reference(ext, hkv, s, avx2):
+    q, k, v = case(hkv, s)
+    got = decode_attention_cpp(q, k, v, avx2=avx2)
+    ref = decode_attention_reference(q, k, v)
+    assert got.shape == (B, H, 1, D) and rel_rms(got, ref) <= 1e-5
+
+
+def test_reference_is_attention_with_repeated_kv_heads():
+    q, k, v = case(2, 40)
+    mha = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1))
+    assert rel_rms(decode_attention_reference(q, k, v), mha) <= 1e-6
+
+
+def test_scale_and_extreme_scores(ext):
+    q, k, v = case(3, 700)
+    for scale in (0.01, 3.0):  # 3.0: scores in the hundreds; the running max keeps exp finite
+        got, ref = decode_attention_cpp(q, k, v, scale), decode_attention_reference(q, k, v, scale)
+        assert torch.isfinite(got).all() and rel_rms(got, ref) <= 1e-5
+
+
+def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):
+    calls = []
+    real = ext.decode_attention
+    monkeypatch.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {
+        "decode_attention": staticmethod(lambda *a: calls.append(1) or real(*a))})())
+    q, k, v = case(3, 50)
+    decode_attention_cpp(q, k, v)
+    assert calls == [1]
+    bf = decode_attention_cpp(q.bfloat16(), k.bfloat16(), v.bfloat16())  # not fp32
+    assert bf.dtype == torch.bfloat16 and rel_rms(bf.float(), decode_attention_reference(q, k, v)) <= 2e-2
+    decode_attention_cpp(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), v)  # rows not contiguous
+    q.requires_grad_()
+    o = decode_attention_cpp(q, k, v)  # an autograd graph to record
+    o.sum().backward()
+    assert calls == [1] and torch.isfinite(q.grad).all()
+    monkeypatch.setattr(cpu, "MIN_CACHE_BYTES", 2 * k.numel() * 4 + 1)  # a cache that fits the CPU's caches
+    decode_attention_cpp(q.detach(), k, v)
+    assert calls == [1]
+
+
+def test_dispatch_picks_the_kernel_on_cpu(ext):
+    assert dispatch.choose("decode_attention", "cpu").name == "cpp"
+    assert dispatch.choose("decode_attention", "cuda").name == "reference"
+
+
+def test_fallback_when_the_build_fails(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("c++: command not found")
+
+    monkeypatch.setattr(cpu.EXTENSION, "build", no_compiler)
+    monkeypatch.setattr(cpu.EXTENSION, "_ext", None)
+    monkeypatch.setattr(cpu.EXTENSION, "_tried", False)
+    q, k, v = case(2, 30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [decode_attention_cpp(q, k, v) for _ in range(2)]
+        assert not cpu.available("cpu")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "could not be built" in messages[0], messages
+    assert all(torch.equal(o, decode_attention_reference(q, k, v)) for o in outs)

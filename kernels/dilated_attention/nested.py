@@ -81,7 +81,7 @@ class _Pattern:
     """
 
     def __init__(self, w: int, r: int, offsets: list[int], parent_w: int | None, t: int) -> None:
-        self.w, self.r, self.offsets = w, r, offsets
+        self.r, self.offsets = r, offsets
         self.t_pad = -(-t // w) * w
         self.n_seg, self.block = self.t_pad // w, w // r
         self.sub = None if parent_w is None else parent_w // r  # sub-block size L'
@@ -99,8 +99,8 @@ class _Pattern:
         return [(slice(a * self.sub, (a + 1) * self.sub), slice(0, a * self.sub), False) for a in range(1, n)]
 
 
-def _plan(t: int, h: int, segment_lengths, dilation_rates, offsets) -> list[_Pattern]:
-    offs = head_offsets(h, dilation_rates, offsets)
+def _plan(t: int, segment_lengths, dilation_rates, offs: list[Tensor]) -> list[_Pattern]:
+    """The patterns that add pairs to a sequence of t positions; `offs` per pattern, LongTensor [H]."""
     plan, parent = [], None
     for w, r, s in zip(segment_lengths, dilation_rates, offs):
         if parent is None or parent < t:  # a pattern whose parent segment already spans T adds nothing
@@ -203,7 +203,7 @@ def dilated_attention_nested(
     if not simple:
         return dilated_attention(q, k, v, segment_lengths, dilation_rates, offsets, valid, scale, return_lse)
     scale = d**-0.5 if scale is None else float(scale)
-    plan = _plan(tq, h, segment_lengths, dilation_rates, offsets)
+    plan = _plan(tq, segment_lengths, dilation_rates, offs)
     return _NestedDilated.apply(q, k, v, plan, scale)
 
 

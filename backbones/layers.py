@@ -5,17 +5,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import latentlm.kernels.gemv  # noqa: F401  (registers the small_batch_linear implementations)
+import latentlm.kernels.rms_norm  # noqa: F401  (registers the rms_norm implementations)
 from latentlm.backbones.config import BackboneConfig
+from latentlm.kernels import dispatch
 
 
 class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim: op "rms_norm" (fused C++ on CPU for
+    inference; the training path is `F.rms_norm`)."""
+
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return dispatch.choose("rms_norm", x.device).fn(x, self.weight, self.eps)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters and state dict) through op "small_batch_linear": decoding a few
+    tokens on CPU streams the weight through a fused C++ GEMV; anything else is `F.linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dispatch.choose("small_batch_linear", x.device).fn(x, self.weight, self.bias)
 
 
 def linear(config: BackboneConfig, d_in: int, d_out: int) -> nn.Module:
@@ -24,20 +38,24 @@ def linear(config: BackboneConfig, d_in: int, d_out: int) -> nn.Module:
         from latentlm.backbones.bitlinear import BitLinear  # BitNet b1.58: RMSNorm + int8 x ternary
 
         return BitLinear(d_in, d_out, bias=False, eps=config.norm_eps)
-    return nn.Linear(d_in, d_out, bias=False)
+    return Linear(d_in, d_out, bias=False)
 
 
 def rotary_angles(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin of rotary angles for integer `positions` [T]: each [T, dim/2]."""
+    """Rotary tables for integer `positions` [T], each [T, dim]: (cos a, cos a) and (-sin a, sin a),
+    where a [T, dim/2] are the angles of the dim/2 frequencies (the layout `apply_rotary` takes)."""
     inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)
     angles = positions.float()[:, None] * inv_freq[None, :]  # [T, dim/2]
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x [B, H, T, D] by the angles [T, D/2]."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    """Rotate the pairs (x[..., i], x[..., i + D/2]) of x [..., T, D] by the angles of `rotary_angles`:
+    (x1 cos - x2 sin, x1 sin + x2 cos), computed as x * cos + swap_halves(x) * sin (3 ops, the
+    same rounding). Leading dims broadcast, so q and k can turn in one call ([2, B, H, T, D])."""
+    xf = x.float().contiguous()  # strided q / k views would make the output, and the matmuls after it, strided
+    out = xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin
     return out.to(x.dtype)
 
 

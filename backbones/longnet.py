@@ -42,8 +42,8 @@ class DilatedSelfAttention(nn.Module):
         """x [B, T, D]; past: the layer's cache of S - T positions or None; valid [B, S] (all positions) or None."""
         b, t, _ = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
-        q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
+        (q, k), v = apply_rotary(qkv[:2], cos, sin), qkv[2]  # q and k turn in one call; each [B, H, T, Dh]
         kv = KVBuffer.from_tensors(k, v) if past is None else past.append(k, v)  # [B, H, S, Dh] each
         # GPU: batched SDPA over gathered segments; CPU: nested patterns fast path (else the reference)
         attend = dispatch.choose("dilated_attention", x.device).fn

@@ -102,8 +102,9 @@ class MultiScaleRetention(nn.Module):
         """x [B, T, D]; state [B, H, Dh, Dh] or None; valid [B, T] (new positions) or None."""
         b, t, d = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
-        q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin) * dh**-0.5
+        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
+        q, k = apply_rotary(qkv[:2], cos, sin)  # q and k turn in one call; each [B, H, T, Dh]
+        k, v = k * dh**-0.5, qkv[2]
         if valid is not None:  # padding writes nothing into the state
             pad = ~valid[:, None, :, None]  # [B, 1, T, 1]
             k = k.masked_fill(pad, 0)

@@ -60,8 +60,8 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         h, hkv, dh = self.config.n_heads, self.config.kv_heads, self.config.head_dim
         qkv = self.qkv(x).view(b, t, h + 2 * hkv, dh).transpose(1, 2)  # [B, H + 2 Hkv, T, Dh]
-        q, k, v = qkv.split([h, hkv, hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh] x 2
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qk, v = apply_rotary(qkv[:, :h + hkv], cos, sin), qkv[:, h + hkv:]  # q and k turn in one call
+        q, k = qk.split([h, hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh]
         kv = KVBuffer.from_tensors(k, v) if past is None else past.append(k, v)
         y = attend(q, kv.keys, kv.values, mask, causal)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(b, t, h * dh)  # [B, T, D]

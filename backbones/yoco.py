@@ -115,8 +115,9 @@ class GatedRetention(nn.Module):
         """x [B, T, D]; state [B, H, Dh, Dh] or None; valid [B, T] (new positions only) or None."""
         b, t, d = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
-        q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin) * dh**-0.5
+        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
+        q, k = apply_rotary(qkv[:2], cos, sin)  # q and k turn in one call; each [B, H, T, Dh]
+        k, v = k * dh**-0.5, qkv[2]
         log_decay = F.logsigmoid(self.decay(x).float()).transpose(1, 2) / GATE_LOGIT_NORMALIZER  # [B, H, T]
         if valid is not None:
             # A padding position is a no-op on the state: nothing written (k = v = 0), nothing decayed.
@@ -148,8 +149,8 @@ class SlidingWindowAttention(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         b, t, _ = x.shape
         h, dh, w = self.config.n_heads, self.config.head_dim, self.config.window
-        q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
+        (q, k), v = apply_rotary(qkv[:2], cos, sin), qkv[2]
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)

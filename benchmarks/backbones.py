@@ -13,6 +13,8 @@ tokens through a 12-layer Transformer would take minutes on a 2-core CPU and cha
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 import warnings
 
@@ -58,26 +60,43 @@ def random_state(model, kind: str, config: BackboneConfig, context: int, batch: 
     raise ValueError(kind)
 
 
+@contextlib.contextmanager
+def kernels(use: bool):
+    """Run with the fused kernels (`use`) or with every op's PyTorch reference (LATENTLM_KERNELS=reference)."""
+    before = os.environ.pop("LATENTLM_KERNELS", None)
+    if not use:
+        os.environ["LATENTLM_KERNELS"] = "reference"
+    try:
+        yield
+    finally:
+        os.environ.pop("LATENTLM_KERNELS", None)
+        if before is not None:
+            os.environ["LATENTLM_KERNELS"] = before
+
+
 @torch.no_grad()
 def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = 5) -> dict:
     """Milliseconds per decoding step (one token for each of `batch` sequences) for each case
-    {key: (model, config, context)}, from a state of `context` positions, in the steady state.
+    {key: (model, config, context)} or {key: (model, config, context, use_kernels)}, from a state
+    of `context` positions, in the steady state.
 
     The first token after a prefill copies the KV cache once into a buffer with spare room (later
     tokens are written in place); that one step is the warm-up and is not timed. The cases take
     turns, `rounds` times, each continuing its own sequence by `steps` tokens; the fastest round
     counts (the machine is shared, and noise only ever adds time)."""
     states, best = {}, {}
-    for key, (model, config, context) in cases.items():
+    for key, (model, config, context, *use) in cases.items():
         x = torch.randn(batch, 1, config.d_model)
-        states[key] = (x, model(x, random_state(model, config.kind, config, context, batch))[1])
+        with kernels(use[0] if use else True):
+            states[key] = (x, model(x, random_state(model, config.kind, config, context, batch))[1])
     for _ in range(rounds):
-        for key, (model, _, _) in cases.items():
+        for key, (model, _, _, *use) in cases.items():
             x, s = states[key]
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                _, s = model(x, s)
-            best[key] = min(best.get(key, float("inf")), (time.perf_counter() - t0) / steps)
+            with kernels(use[0] if use else True):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    _, s = model(x, s)
+                best[key] = min(best.get(key, float("inf")), (time.perf_counter() - t0) / steps)
             states[key] = (x, s)
     return {key: 1e3 * t for key, t in best.items()}
 
@@ -126,6 +145,27 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco_kv
     return text, {"flat": flat, "speedup": speedup}
 
 
+def kernels_section(d: int, layers: int, heads: int, contexts: list[int], yoco_kv_heads: int) -> str:
+    """The decode step with the fused CPU kernels (the default) against the same models with every op's
+    PyTorch reference (LATENTLM_KERNELS=reference), side by side: what the kernels are worth."""
+    models = {}
+    for kind, kv in [("transformer", None), ("retnet", None), ("yoco", yoco_kv_heads)]:
+        name = kind if kind != "yoco" else f"YOCO {heads}/{kv}"
+        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv)
+        torch.manual_seed(0)
+        models[name] = (build_backbone(config).eval(), config)
+    cases = {(k, c, use): (m, cfg, c, use) for k, (m, cfg) in models.items() for c in contexts for use in (False, True)}
+    ms = decode_ms(cases)
+    rows = [[k, f"{c:,}", f"{ms[k, c, False]:.2f}", f"{ms[k, c, True]:.2f}", f"{ms[k, c, False] / ms[k, c, True]:.2f}x"]
+            for k in models for c in contexts]
+    ops = ["rms_norm", "small_batch_linear", "decode_attention"]
+    chosen = ", ".join(f"{op}: {dispatch.choose(op, 'cpu').name}" for op in ops)
+    return (f"### Decode step with and without the fused CPU kernels, batch 1, d={d}, {layers} layers, {heads} heads, fp32\n\n"
+            f"Kernels ({chosen}) against every op's PyTorch reference (`LATENTLM_KERNELS=reference`), same "
+            "models, taking turns, 5 rounds of 8 tokens, the fastest round counts.\n\n"
+            + table(["backbone", "context", "references (ms)", "kernels (ms)", "speed-up"], rows))
+
+
 @torch.no_grad()
 def preset_decode_section(name: str, contexts: list[int]) -> str:
     """Decode flatness of a published-size preset (random weights: decode cost does not depend on them)."""
@@ -170,8 +210,8 @@ def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[
             rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", f"{2 * k.numel() * 4 / 2**20:.1f}",
                          *(f"{t:.3f}" for t in best), f"{best[2] / best[0]:.2f}x"])
     return ("### Decode attention, one layer, batch 1, fp32\n\n"
-            f"`{impl.name}`: the op attention dispatches to when decoding on CPU (the C++ kernel for caches of "
-            "8 MiB and more, below that the reference); the reference: one SDPA call with each KV group's query "
+            f"`{impl.name}`: the op attention dispatches to when decoding on CPU (the fused C++ kernel); the "
+            "reference: one SDPA call with each KV group's query "
             "heads as queries; SDPA `enable_gqa` reads each KV head once per query head. The three take turns, "
             f"fastest of {rounds} calls each.\n\n"
             + table(["heads / KV heads x dim", "keys", "cache (MiB)", f"{impl.name} (ms)", "reference (ms)",
@@ -356,6 +396,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         parts = [decode_section(64, 4, 2, [256, 1024], [2, 1])[0], decode_section(64, 4, 2, [256, 1024], [1], batch=4)[0],
+                 kernels_section(64, 4, 2, [256, 1024], 1),
                  decode_attention_section([(4, 1, 32)], [256, 1024]),
                  yoco_section(64, 4, 2, 512),
                  longnet_section(2, 32, [1024, 2048], [128, 256], [1, 2]),
@@ -364,6 +405,7 @@ def main() -> None:
         contexts = [1024, 4096, 16384]
         parts = [decode_section(256, 12, 4, contexts, [4, 1])[0],
                  decode_section(256, 12, 4, contexts, [1], batch=8)[0],
+                 kernels_section(256, 12, 4, [1024, 16384], 1),
                  preset_decode_section("yoco-3b", [1024, 16384]),
                  decode_attention_section([(4, 4, 64), (4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  yoco_section(256, 12, 4, 8192),

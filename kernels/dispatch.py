@@ -33,15 +33,17 @@ def register(op: str, name: str, fn: Callable, available: Callable[[torch.device
 
 
 def forced_reference() -> bool:
-    return os.environ.get("LATENTLM_KERNELS", "").strip().lower() == "reference"
+    value = os.environ.get("LATENTLM_KERNELS")
+    return value is not None and value.strip().lower() == "reference"
 
 
 def choose(op: str, device: torch.device | str) -> Implementation:
     """The implementation of `op` that runs on `device`: the reference when forced, else the best available."""
-    if op not in _REGISTRY:
+    impls = _REGISTRY.get(op)  # called per layer per decoded token: kept cheap (~2 us)
+    if impls is None:
         raise KeyError(f"no implementation of {op!r} is registered; known ops: {sorted(_REGISTRY)}")
-    device = torch.device(device)
-    impls = _REGISTRY[op]
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if forced_reference():
         return next(i for i in impls if i.name == "reference")
     for impl in impls:

@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from latentlm.backbones import BackboneConfig, Transformer
 from latentlm.backbones.bitlinear import BitLinear, PackedBitLinear, pack_model
-from latentlm.backbones.layers import ReLU2GLU, SwiGLU, ffn, linear
+from latentlm.backbones.layers import Linear, ReLU2GLU, SwiGLU, ffn, linear
 from latentlm.kernels.ternary import (
     absmean_ternary,
     pack_ternary,
@@ -146,7 +146,8 @@ def test_packed_layer_from_packed():
 def test_linear_and_ffn_factories():
     dense = BackboneConfig(d_model=32, n_heads=4)
     tern = BackboneConfig(d_model=32, n_heads=4, ternary=True, norm_eps=1e-5)
-    assert type(linear(dense, 32, 16)) is torch.nn.Linear
+    dense_linear = linear(dense, 32, 16)
+    assert type(dense_linear) is Linear and isinstance(dense_linear, torch.nn.Linear) and dense_linear.bias is None
     b = linear(tern, 32, 16)
     assert isinstance(b, BitLinear) and b.bias is None and b.eps == 1e-5
     assert type(ffn(dense)) is SwiGLU
@@ -235,6 +236,7 @@ def test_ternary_decode_is_exact_when_attention_is_row_consistent(monkeypatch, s
     is not bit-exact here: CPU silu gives different last bits on its vectorised and scalar paths,
     i.e. depending on where a value sits in the tensor; the difference stays at float32 rounding.)"""
     monkeypatch.setattr(F, "scaled_dot_product_attention", _row_consistent_sdpa)
+    monkeypatch.setenv("LATENTLM_KERNELS", "reference")  # decoding's attention through SDPA too, not the C++ op
     x = torch.randn(3, 13, 64, generator=torch.Generator().manual_seed(100 + seed))
     with torch.no_grad():
         model = _ternary_transformer(seed, relu2=True).eval()

@@ -86,6 +86,24 @@ def test_continuation_from_state(split, form):
     assert_close(outputs_and_grads(fn, args), ref)
 
 
+@pytest.mark.parametrize("normalizer", [16.0, 1.0])
+def test_token_by_token_equals_naive(normalizer):
+    """Decoding: one recurrent call per token (its single-step path), the state carried, equals the
+    oracle on values and gradients."""
+    args = inputs(t=9, normalizer=normalizer)
+
+    def fn(q, k, v, g):
+        outs, s = [], None
+        for i in range(q.shape[2]):
+            o, s = recurrent_gated_retention(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1],
+                                             g[:, :, i:i + 1], state=s)
+            outs.append(o)
+        return torch.cat(outs, dim=2)
+
+    ref = outputs_and_grads(parallel_gated_retention, args)
+    assert_close(outputs_and_grads(fn, args), ref)
+
+
 def test_decay_is_used_and_bounded():
     """A sanity check that the oracle really decays: with g = -inf after the first step, only the
     diagonal term survives; and outputs stay finite for very strong decays."""

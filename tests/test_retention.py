@@ -120,6 +120,24 @@ def test_continuation_from_state(split, form):
     assert_close(outputs_and_grads(fn, args), ref)
 
 
+@pytest.mark.parametrize("decay", DECAYS)
+def test_token_by_token_equals_naive(decay):
+    """Decoding: one recurrent call per token (its single-step path), the state carried, equals the
+    oracle on values and gradients."""
+    g = torch.tensor(DECAYS[decay])
+    args = inputs(t=9)
+
+    def fn(q, k, v):
+        outs, s = [], None
+        for i in range(q.shape[2]):
+            o, s = recurrent_retention(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], g, state=s)
+            outs.append(o)
+        return torch.cat(outs, dim=2)
+
+    ref = outputs_and_grads(lambda q, k, v: parallel_retention(q, k, v, g), args)
+    assert_close(outputs_and_grads(fn, args), ref)
+
+
 def test_long_sequence_is_finite():
     """Decay powers over thousands of steps underflow to 0, never inf or NaN, in value and grad."""
     t = 1500

@@ -1,13 +1,29 @@
 // One decoding step of attention on CPU: the g query heads that share a KV head against all S cached
 // keys, no mask (split-K "flash decoding"). Reference: kernels/decode_attention/naive.py.
 //
-//   q [B, Hkv, g, D] contiguous fp32; k, v [B, Hkv, S, D] fp32 with contiguous rows (any B and head
-//   strides: views of a KV buffer with spare room); out [B, Hkv, g, D].
+//   q [B, Hkv, g, D] contiguous fp32 (q [B, H, 1, D] contiguous is the same memory: query head h*g + i
+//   reads KV head h); k, v [B, Hkv, S, D] fp32 with contiguous rows (any B and head strides: views of a
+//   KV buffer with spare room); out: q's shape.
 //
-// Work item = (b, h, chunk of `chunk` keys), spread over threads: scores of the g queries for the
-// chunk's keys (each key row read once for all g), their max m and sum l of exp(s - m), and the
-// exp-weighted sum of the chunk's value rows. A second pass merges the chunks per (b, h, query):
-// o = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c. K and V are each streamed once.
+// Work item = (b, h, chunk of keys), the items spread over the threads in contiguous runs (chunks of
+// equal size, at most `chunk` keys; with few (b, h), as many chunks as keep the threads evenly busy).
+// An item walks its chunk in blocks of BK keys (BK * D * 4 bytes ~ 16 KiB, so a block's value rows stay
+// in L1 while they are reused), keeping per query a running max m, sum l and accumulator acc [D]:
+//   1. scores p [g, BK] in log2 units (q is scaled by scale * log2(e) once, so the softmax needs only
+//      exp2). AVX2: 8 keys at a time, one ymm accumulator per key over D, then one transposing
+//      horizontal sum gives a ymm of 8 scores; each query runs over the same 8 rows while they sit in
+//      L1, so K leaves memory once. D = 64 and 128 get fully unrolled loops.
+//   2. per query: m' = max(m, block max), alpha = 2^(m - m'), p <- 2^(p - m') (own vectorised exp2:
+//      round, 7th-order polynomial, exponent bits), l <- alpha l + sum p.
+//   3. acc <- alpha acc + p V: D in slices of 8R floats, the g queries in groups of QB (4x2, 3x4, 2x4,
+//      1x8 ymm tiles), each tile's QB*R accumulators held in registers across the block's keys; each
+//      value slice is loaded once per query group.
+// The compute (2 g D FMAs per key) was the bottleneck of a one-key-at-a-time loop (a horizontal add per
+// score, a scalar exp, an accumulator row loaded and stored per key and query); this runs near the
+// FMA/load limits, so caches that sit in L2/L3 go several times faster and large ones at DRAM speed.
+// A second pass merges the chunks per (b, h, query): o = sum_c 2^(m_c - M) acc_c / sum_c 2^(m_c - M) l_c.
+// K and V are each streamed from memory once. Without AVX2 (or use_avx2=false): scalar loops, one
+// softmax pass per chunk.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -15,9 +31,35 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 namespace {
+
+#define DA_AVX2 __attribute__((target("avx2,fma")))
+#define DA_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr int64_t kBlockBytes = 16384;  // AVX2: a block's value rows, reused across D slices from L1
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+int64_t round8(int64_t x) { return (x + 7) & ~int64_t(7); }
+
+// Everything an item needs; pointers into the inputs and the per-item partial results.
+struct Problem {
+  int64_t H, G, D, S, chunk, C, DP, CP;  // DP, CP: D and chunk rounded up to 8 (row strides of qs, p)
+  int64_t BK;                            // AVX2: keys per block (multiple of 8), row stride of p
+  const float* q;                        // [B*H, G, D]
+  const float* k;
+  const float* v;
+  int64_t ksb, ksh, vsb, vsh;  // batch and head strides of k and v
+  float qscale;                // scale * log2(e)
+  float* acc;                  // [items, G, D] exp2-weighted sums of value rows
+  float* mx;                   // [items, G] max score (log2 units)
+  float* sm;                   // [items, G] sum of exp2(score - max)
+};
+
+// ---------------------------------------------------------------- scalar path
 
 float dot_scalar(const float* a, const float* b, int64_t d) {
   float r = 0.f;
@@ -29,31 +71,278 @@ void axpy_scalar(float w, const float* x, float* y, int64_t d) {
   for (int64_t i = 0; i < d; ++i) y[i] += w * x[i];
 }
 
-__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t d) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= d; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+// qs [G, DP]: the item's queries times scale*log2(e); p [G, CP]: scores, then weights.
+void item_scalar(const Problem& P, int64_t w, float* qs, float* p) {
+  const int64_t G = P.G, D = P.D, CP = P.CP;
+  const int64_t bh = w / P.C, c = w % P.C, b = bh / P.H, h = bh % P.H;
+  const int64_t j0 = c * P.chunk, n = std::min(P.S, j0 + P.chunk) - j0;
+  const float* kh = P.k + b * P.ksb + h * P.ksh + j0 * D;
+  const float* vh = P.v + b * P.vsb + h * P.vsh + j0 * D;
+  const float* qh = P.q + bh * G * D;
+  for (int64_t i = 0; i < G * D; ++i) qs[i] = qh[i] * P.qscale;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < G; ++i) p[i * CP + j] = dot_scalar(qs + i * D, kh + j * D, D);
+  float* aw = P.acc + w * G * D;
+  std::fill(aw, aw + G * D, 0.f);
+  for (int64_t i = 0; i < G; ++i) {
+    float* pi = p + i * CP;
+    float m = kNegInf;
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, pi[j]);
+    float l = 0.f;
+    for (int64_t j = 0; j < n; ++j) {
+      pi[j] = std::exp2(pi[j] - m);
+      l += pi[j];
+    }
+    P.mx[w * G + i] = m;
+    P.sm[w * G + i] = l;
   }
-  for (; i + 8 <= d; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-  acc0 = _mm256_add_ps(acc0, acc1);
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-  s = _mm_hadd_ps(s, s);
-  s = _mm_hadd_ps(s, s);
-  float r = _mm_cvtss_f32(s);
-  for (; i < d; ++i) r += a[i] * b[i];
-  return r;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < G; ++i) axpy_scalar(p[i * CP + j], vh + j * D, aw + i * D, D);
 }
 
-__attribute__((target("avx2,fma"))) void axpy_avx2(float w, const float* x, float* y, int64_t d) {
+// ---------------------------------------------------------------- AVX2 path
+
+DA_AVX2_INLINE __m256i lanes_below(int64_t k) {  // lanes t < k all ones
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+DA_AVX2_INLINE float hsum(__m256 x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+DA_AVX2_INLINE float hmax(__m256 x) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// [sum(a0), sum(a1), ..., sum(a7)]: two rounds of pairwise horizontal adds, then the two 128-bit halves.
+DA_AVX2_INLINE __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                              __m256 a7) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));  // a0..a3 by half
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));  // a4..a7 by half
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// 2^x for x <= 0 (NaN stays NaN): x = n + r, n = round(x), |r| <= 1/2; 2^r = e^(r ln 2) by its Taylor
+// series to degree 7 (truncation < 6e-9 relative), 2^n put in the exponent bits. x < -126.5 gives 0.
+DA_AVX2_INLINE __m256 exp2_avx2(__m256 x) {
+  constexpr double L = 0.6931471805599453;  // ln 2
+  x = _mm256_max_ps(_mm256_set1_ps(-127.f), x);  // second operand returned when NaN
+  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_sub_ps(x, n);  // exact
+  __m256 y = _mm256_set1_ps(static_cast<float>(L * L * L * L * L * L * L / 5040));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L * L * L * L / 720)));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L * L * L / 120)));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L * L / 24)));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L / 6)));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L / 2)));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L)));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.f));
+  // n = -127 gives biased exponent 0: the float 0
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// Scores of one query (q: DP floats, zero padded) against 8 key rows r[0..7]: D8 = D rounded down to 8;
+// a partial last vector (tail) is read with `dmask`. NV > 0: D = 8 NV known at compile time.
+template <int NV>
+DA_AVX2_INLINE __m256 dot8(const float* q, const float* const* r, int64_t D8, bool tail, __m256i dmask) {
+  const float *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3], *r4 = r[4], *r5 = r[5], *r6 = r[6], *r7 = r[7];
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  const int64_t n8 = NV > 0 ? 8 * NV : D8;
+#pragma GCC unroll 16
+  for (int64_t d = 0; d < n8; d += 8) {
+    const __m256 x = _mm256_loadu_ps(q + d);
+    a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r0 + d), a0);
+    a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r1 + d), a1);
+    a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r2 + d), a2);
+    a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r3 + d), a3);
+    a4 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r4 + d), a4);
+    a5 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r5 + d), a5);
+    a6 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r6 + d), a6);
+    a7 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r7 + d), a7);
+  }
+  if (NV == 0 && tail) {
+    const __m256 x = _mm256_loadu_ps(q + D8);
+    a0 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r0 + D8, dmask), a0);
+    a1 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r1 + D8, dmask), a1);
+    a2 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r2 + D8, dmask), a2);
+    a3 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r3 + D8, dmask), a3);
+    a4 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r4 + D8, dmask), a4);
+    a5 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r5 + D8, dmask), a5);
+    a6 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r6 + D8, dmask), a6);
+    a7 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r7 + D8, dmask), a7);
+  }
+  return reduce8(a0, a1, a2, a3, a4, a5, a6, a7);
+}
+
+// acc[qi, 0:8R] <- alpha[qi] acc[qi, 0:8R] + sum_j p[qi * ps + j] v[j * D + 0:8R] for QB queries (acc rows
+// D apart), the accumulators in registers across the n keys; MASK: the last of the R vectors is partial.
+template <int QB, int R, bool MASK>
+DA_AVX2 void pv_block(const float* p, int64_t ps, const float* v, int64_t D, int64_t n, __m256i dmask,
+                      const float* alpha, float* acc) {
+  __m256 a[QB][R];
+#pragma GCC unroll 8
+  for (int qi = 0; qi < QB; ++qi) {
+    const __m256 al = _mm256_broadcast_ss(alpha + qi);
+#pragma GCC unroll 8
+    for (int t = 0; t < R; ++t) {
+      const float* o = acc + qi * D + 8 * t;
+      a[qi][t] = _mm256_mul_ps(al, (MASK && t == R - 1) ? _mm256_maskload_ps(o, dmask) : _mm256_loadu_ps(o));
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const float* vr = v + j * D;
+    __m256 x[R];
+#pragma GCC unroll 8
+    for (int t = 0; t < R; ++t)
+      x[t] = (MASK && t == R - 1) ? _mm256_maskload_ps(vr + 8 * t, dmask) : _mm256_loadu_ps(vr + 8 * t);
+#pragma GCC unroll 8
+    for (int qi = 0; qi < QB; ++qi) {
+      const __m256 w = _mm256_broadcast_ss(p + qi * ps + j);
+#pragma GCC unroll 8
+      for (int t = 0; t < R; ++t) a[qi][t] = _mm256_fmadd_ps(w, x[t], a[qi][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int qi = 0; qi < QB; ++qi)
+#pragma GCC unroll 8
+    for (int t = 0; t < R; ++t) {
+      float* o = acc + qi * D + 8 * t;
+      if (MASK && t == R - 1)
+        _mm256_maskstore_ps(o, dmask, a[qi][t]);
+      else
+        _mm256_storeu_ps(o, a[qi][t]);
+    }
+}
+
+// The last `cnt` (< R, or R with a partial last vector) vectors of a row: pv_block with N = cnt.
+template <int QB, int N>
+DA_AVX2 void pv_rest(int cnt, bool tail, const float* p, int64_t ps, const float* v, int64_t D, int64_t n,
+                     __m256i dmask, const float* alpha, float* acc) {
+  if constexpr (N > 0) {
+    if (cnt == N) {
+      if (tail)
+        pv_block<QB, N, true>(p, ps, v, D, n, dmask, alpha, acc);
+      else
+        pv_block<QB, N, false>(p, ps, v, D, n, dmask, alpha, acc);
+    } else {
+      pv_rest<QB, N - 1>(cnt, tail, p, ps, v, D, n, dmask, alpha, acc);
+    }
+  }
+}
+
+// All D columns of QB queries: blocks of R full vectors, then the rest.
+template <int QB, int R>
+DA_AVX2 void pv_rows(const float* p, int64_t ps, const float* v, int64_t D, int64_t n, __m256i dmask,
+                     const float* alpha, float* acc) {
+  int64_t d = 0;
+  for (; d + 8 * R <= D; d += 8 * R) pv_block<QB, R, false>(p, ps, v + d, D, n, dmask, alpha, acc + d);
+  const int64_t left = D - d;  // < 8R
+  if (left > 0)
+    pv_rest<QB, R>(static_cast<int>((left + 7) / 8), left % 8 != 0, p, ps, v + d, D, n, dmask, alpha, acc + d);
+}
+
+// One item; qs [G, DP] scaled queries, p [G, BK] block scores/weights, al [G] rescale factors (thread
+// scratch). NV > 0: D = 8 NV.
+template <int NV>
+DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, float* al) {
+  const int64_t G = P.G, D = P.D, DP = P.DP, BK = P.BK;
+  const int64_t bh = w / P.C, c = w % P.C, b = bh / P.H, h = bh % P.H;
+  const int64_t j0 = c * P.chunk, n = std::min(P.S, j0 + P.chunk) - j0;
+  const float* kh = P.k + b * P.ksb + h * P.ksh + j0 * D;
+  const float* vh = P.v + b * P.vsb + h * P.vsh + j0 * D;
+  const float* qh = P.q + bh * G * D;
+  const int64_t D8 = D & ~int64_t(7);
+  const bool tail = D != D8;
+  const __m256i dmask = lanes_below(D - D8);
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t d = 0; d < DP; ++d) qs[i * DP + d] = d < D ? qh[i * D + d] * P.qscale : 0.f;
+  float* aw = P.acc + w * G * D;
+  float* mw = P.mx + w * G;
+  float* lw = P.sm + w * G;
+  std::fill(aw, aw + G * D, 0.f);
+  std::fill(mw, mw + G, kNegInf);
+  std::fill(lw, lw + G, 0.f);
+
+  for (int64_t b0 = 0; b0 < n; b0 += BK) {  // blocks of BK keys, online softmax across them
+    const int64_t nb = std::min(BK, n - b0);
+    const float* kb = kh + b0 * D;
+    const float* vb = vh + b0 * D;
+    // 1. scores, 8 keys at a time (past nb: the last row again, score -inf)
+    for (int64_t jb = 0; jb < nb; jb += 8) {
+      const float* r[8];
+      for (int t = 0; t < 8; ++t) r[t] = kb + std::min(jb + t, nb - 1) * D;
+      const bool partial = jb + 8 > nb;
+      const __m256 valid = _mm256_castsi256_ps(lanes_below(nb - jb));
+      for (int64_t i = 0; i < G; ++i) {
+        __m256 s = dot8<NV>(qs + i * DP, r, D8, tail, dmask);
+        if (partial) s = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s, valid);
+        _mm256_storeu_ps(p + i * BK + jb, s);
+      }
+    }
+    // 2. per query: new running max, rescale factor of what came before, weights 2^(s - m), their sum
+    const int64_t n8 = round8(nb);
+    for (int64_t i = 0; i < G; ++i) {
+      float* pi = p + i * BK;
+      __m256 mv = _mm256_set1_ps(kNegInf);
+      for (int64_t j = 0; j < n8; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(pi + j));
+      const float m = std::max(mw[i], hmax(mv));
+      al[i] = m == mw[i] ? 1.f : std::exp2(mw[i] - m);
+      mw[i] = m;
+      const __m256 mb = _mm256_set1_ps(m);
+      __m256 sv = _mm256_setzero_ps();
+      for (int64_t j = 0; j < n8; j += 8) {
+        const __m256 e = exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(pi + j), mb));
+        _mm256_storeu_ps(pi + j, e);
+        sv = _mm256_add_ps(sv, e);
+      }
+      lw[i] = lw[i] * al[i] + hsum(sv);
+    }
+    // 3. acc = al acc + p V, queries in blocks of 4 (then 3, 2, 1)
+    int64_t i = 0;
+    for (; i + 4 <= G; i += 4) pv_rows<4, 2>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
+    if (G - i == 3) pv_rows<3, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
+    if (G - i == 2) pv_rows<2, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
+    if (G - i == 1) pv_rows<1, 8>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
+  }
+}
+
+DA_AVX2 void item_avx2(const Problem& P, int64_t w, float* qs, float* p, float* al) {
+  if (P.D == 64)
+    item_avx2_impl<8>(P, w, qs, p, al);
+  else if (P.D == 128)
+    item_avx2_impl<16>(P, w, qs, p, al);
+  else
+    item_avx2_impl<0>(P, w, qs, p, al);
+}
+
+DA_AVX2 void axpy_avx2(float w, const float* x, float* y, int64_t d) {
   const __m256 wv = _mm256_set1_ps(w);
   int64_t i = 0;
-  for (; i + 8 <= d; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i + 8 <= d; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < d; ++i) y[i] += w * x[i];
 }
 
 bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+// Chunks per (b, h): enough that none has more than `chunk` keys; with few (b, h) pairs (BH) for the
+// T threads, rounded up so that the items divide evenly among the threads, while chunks keep >= 64 keys.
+int64_t chunk_count(int64_t S, int64_t chunk, int64_t BH, int64_t T) {
+  int64_t C = (S + chunk - 1) / chunk;
+  if (T > 1 && BH < 8 * T) {
+    const int64_t step = T / std::gcd(BH, T);
+    const int64_t even = (C + step - 1) / step * step;
+    if (S >= 64 * even) C = even;
+  }
+  return C;
+}
 
 }  // namespace
 
@@ -62,73 +351,63 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "fp32 only");
-  TORCH_CHECK(q.is_contiguous(), "q must be contiguous [B, Hkv, g, D]");
-  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), S = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == D && v.sizes() == k.sizes(), "shape mismatch");
+  TORCH_CHECK(q.is_contiguous(), "q must be contiguous: [B, Hkv, g, D] or [B, H, 1, D]");
+  const int64_t B = q.size(0), H = k.size(1), D = q.size(3), S = k.size(2);
+  TORCH_CHECK(H > 0 && (q.size(1) * q.size(2)) % H == 0, "query heads must be a multiple of the KV heads");
+  const int64_t G = q.size(1) * q.size(2) / H;  // q [B, H, 1, D] contiguous is q [B, Hkv, g, D]
+  TORCH_CHECK(k.size(0) == B && k.size(3) == D && v.sizes() == k.sizes(), "shape mismatch");
   TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D && v.stride(3) == 1 && v.stride(2) == D,
               "k and v need contiguous rows of D");
-  TORCH_CHECK(S > 0 && chunk > 0, "need keys and a positive chunk");
+  TORCH_CHECK(S > 0 && chunk > 0 && D > 0, "need keys, a positive chunk and D");
   use_avx2 = use_avx2 && has_avx2();
-  auto dot = use_avx2 ? dot_avx2 : dot_scalar;
-  auto axpy = use_avx2 ? axpy_avx2 : axpy_scalar;
-
+  const int64_t C0 = chunk_count(S, chunk, B * H, at::get_num_threads());
+  chunk = round8((S + C0 - 1) / C0);  // equal chunks of a multiple of 8 keys (the last one may be shorter)
   const int64_t C = (S + chunk - 1) / chunk, items = B * H * C;
-  auto acc = torch::zeros({items, G, D}, q.options());  // per chunk: exp-weighted sums of values
-  auto mx = torch::empty({items, G}, q.options());       // per chunk: max score
-  auto sm = torch::empty({items, G}, q.options());       // per chunk: sum of exp(score - max)
+  // one buffer: acc [items, G, D], then mx [items, G], sm [items, G]
+  auto partial = torch::empty({items * G * (D + 2)}, q.options());
   auto out = torch::empty_like(q);
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  float* ap = acc.data_ptr<float>();
-  float* mp = mx.data_ptr<float>();
-  float* sp = sm.data_ptr<float>();
-  const float sc = static_cast<float>(scale);
+  const int64_t BK = std::clamp<int64_t>(kBlockBytes / (4 * D) & ~int64_t(7), 8, 256);  // 64 at D=64
+  Problem P{H, G, D, S, chunk, C, round8(D), round8(chunk), BK,
+            q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+            k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            static_cast<float>(scale * kLog2e), nullptr, nullptr, nullptr};
+  P.acc = partial.data_ptr<float>();
+  P.mx = P.acc + items * G * D;
+  P.sm = P.mx + items * G;
 
   at::parallel_for(0, items, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> p(G * chunk);
+    std::vector<float> buf(G * (P.DP + std::max(P.CP, P.BK) + 1));
+    float* qs = buf.data();
+    float* al = qs + G * P.DP;
+    float* p = al + G;
     for (int64_t w = lo; w < hi; ++w) {
-      const int64_t bh = w / C, c = w % C, b = bh / H, h = bh % H;
-      const int64_t j0 = c * chunk, n = std::min(S, j0 + chunk) - j0;
-      const float* kh = kp + b * k.stride(0) + h * k.stride(1) + j0 * D;
-      const float* vh = vp + b * v.stride(0) + h * v.stride(1) + j0 * D;
-      const float* qh = qp + bh * G * D;
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < G; ++i) p[i * chunk + j] = sc * dot(qh + i * D, kh + j * D, D);
-      for (int64_t i = 0; i < G; ++i) {
-        float* pi = p.data() + i * chunk;
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < n; ++j) m = std::max(m, pi[j]);
-        float l = 0.f;
-        for (int64_t j = 0; j < n; ++j) {
-          pi[j] = std::exp(pi[j] - m);
-          l += pi[j];
-        }
-        mp[w * G + i] = m;
-        sp[w * G + i] = l;
-      }
-      float* aw = ap + w * G * D;
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < G; ++i) axpy(p[i * chunk + j], vh + j * D, aw + i * D, D);
+      if (use_avx2)
+        item_avx2(P, w, qs, p, al);
+      else
+        item_scalar(P, w, qs, p);
     }
   });
 
+  // merge the chunks of each (b, h, query); small merges run on one thread
+  auto axpy = use_avx2 ? axpy_avx2 : axpy_scalar;
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, B * H * G, 1, [&](int64_t lo, int64_t hi) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / (C * D + 1));
+  at::parallel_for(0, B * H * G, grain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t bh = r / G, i = r % G;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t c = 0; c < C; ++c) m = std::max(m, mp[(bh * C + c) * G + i]);
+      float m = kNegInf;
+      for (int64_t c = 0; c < C; ++c) m = std::max(m, P.mx[(bh * C + c) * G + i]);
       float z = 0.f;
       float* o = op + r * D;
       std::fill(o, o + D, 0.f);
       for (int64_t c = 0; c < C; ++c) {
         const int64_t w = bh * C + c;
-        const float e = std::exp(mp[w * G + i] - m);
-        z += e * sp[w * G + i];
-        axpy(e, ap + (w * G + i) * D, o, D);
+        const float e = std::exp2(P.mx[w * G + i] - m);
+        z += e * P.sm[w * G + i];
+        axpy(e, P.acc + (w * G + i) * D, o, D);
       }
-      for (int64_t t = 0; t < D; ++t) o[t] /= z;
+      const float inv = 1.f / z;
+      for (int64_t t = 0; t < D; ++t) o[t] *= inv;
     }
   });
   return out;

@@ -52,8 +52,9 @@ def rotary_angles(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Te
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the pairs (x[..., i], x[..., i + D/2]) of x [..., T, D] by the angles of `rotary_angles`:
-    (x1 cos - x2 sin, x1 sin + x2 cos), computed as x * cos + swap_halves(x) * sin (3 ops, the
-    same rounding). Leading dims broadcast, so q and k can turn in one call ([2, B, H, T, D])."""
+    (x1 cos - x2 sin, x1 sin + x2 cos), computed as x * cos + swap_halves(x) * sin: three ops instead
+    of eight, with the same rounding (the sign sits in the table). Leading dims broadcast, so q and k
+    can turn in one call ([2, B, H, T, D])."""
     xf = x.float().contiguous()  # strided q / k views would make the output, and the matmuls after it, strided
     out = xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin
     return out.to(x.dtype)

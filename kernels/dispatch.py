@@ -39,7 +39,7 @@ def forced_reference() -> bool:
 
 def choose(op: str, device: torch.device | str) -> Implementation:
     """The implementation of `op` that runs on `device`: the reference when forced, else the best available."""
-    impls = _REGISTRY.get(op)  # called per layer per decoded token: kept cheap (~2 us)
+    impls = _REGISTRY.get(op)  # called per layer per decoded token: kept cheap (a few us)
     if impls is None:
         raise KeyError(f"no implementation of {op!r} is registered; known ops: {sorted(_REGISTRY)}")
     if not isinstance(device, torch.device):

@@ -93,6 +93,10 @@ class CppExtension:
         finally:
             logger.setLevel(level)
 
+    def runs_on(self, device: torch.device | str) -> bool:
+        """Whether the extension runs on `device`: a CPU, and it builds (built on first call)."""
+        return torch.device(device).type == "cpu" and self.get() is not None
+
     def get(self):
         """The compiled module, built on first call; None (after one warning) when it cannot be built."""
         if not self._tried:

@@ -32,7 +32,7 @@ MIN_CACHE_BYTES = 0
 
 def available(device: torch.device | str = "cpu") -> bool:
     """Whether the C++ kernel runs on `device` (CPU only; builds it on first call)."""
-    return torch.device(device).type == "cpu" and EXTENSION.get() is not None
+    return EXTENSION.runs_on(device)
 
 
 def _fits(q: Tensor, k: Tensor, v: Tensor) -> bool:

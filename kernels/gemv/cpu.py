@@ -33,10 +33,7 @@ MIN_PARALLEL_BYTES = 192 << 10  # smaller weights are read by the calling thread
 def available(device: torch.device | str = "cpu") -> bool:
     """Whether the C++ kernel runs on `device` (CPU only; builds it on first call) with its AVX2+FMA
     path: the scalar path, kept for other CPUs and for tests, is slower than `F.linear`."""
-    if torch.device(device).type != "cpu":
-        return False
-    ext = EXTENSION.get()
-    return ext is not None and ext.supports_avx2()
+    return EXTENSION.runs_on(device) and EXTENSION.get().supports_avx2()
 
 
 def small_batch_linear_cpp(x: Tensor, weight: Tensor, bias: Tensor | None = None, avx2: bool = True) -> Tensor:

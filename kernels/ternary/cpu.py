@@ -44,7 +44,7 @@ def extension():
 
 def available(device: torch.device | str = "cpu") -> bool:
     """Whether the C++ kernel runs on `device` (CPU only; builds it on first call)."""
-    return torch.device(device).type == "cpu" and extension() is not None
+    return EXTENSION.runs_on(device)
 
 
 def supported_isas() -> list[str]:

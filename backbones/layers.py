@@ -1,14 +1,14 @@
-"""Building blocks shared by the backbones: RMSNorm, rotary embeddings, the SwiGLU MLP."""
+"""Building blocks shared by the backbones: RMSNorm, rotary embeddings, the GLU MLPs and the feed-forward half."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import latentlm.kernels.gemv  # noqa: F401  (registers the small_batch_linear implementations)
 import latentlm.kernels.rms_norm  # noqa: F401  (registers the rms_norm implementations)
 from latentlm.backbones.config import BackboneConfig
 from latentlm.kernels import dispatch
+from latentlm.kernels.glu_block import glu_activation  # importing registers the glu_block implementations
 
 
 class RMSNorm(nn.Module):
@@ -60,7 +60,11 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.to(x.dtype)
 
 
-class SwiGLU(nn.Module):
+class GLU(nn.Module):
+    """down(act(gate(x)) * up(x)), act named by `activation` (op "glu_block"'s names: "silu", "relu2")."""
+
+    activation = "silu"
+
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
         d, h = config.d_model, config.ffn_dim
@@ -69,21 +73,27 @@ class SwiGLU(nn.Module):
         self.down = linear(config, h, d)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(glu_activation(self.gate(x), self.activation) * self.up(x))
 
 
-class ReLU2GLU(nn.Module):
+class SwiGLU(GLU):
+    """down(silu(gate(x)) * up(x))."""
+
+
+class ReLU2GLU(GLU):
     """Squared-ReLU GLU (BitNet b1.58 2B4T): down(relu(gate(x))^2 * up(x)); same parameters as SwiGLU."""
 
-    def __init__(self, config: BackboneConfig) -> None:
-        super().__init__()
-        d, h = config.d_model, config.ffn_dim
-        self.gate = linear(config, d, h)
-        self.up = linear(config, d, h)
-        self.down = linear(config, h, d)
+    activation = "relu2"
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.relu(self.gate(x)).square() * self.up(x))
+
+def residual_ffn(x: Tensor, norm: RMSNorm, mlp: GLU) -> Tensor:
+    """x + mlp(norm(x)): the feed-forward half of every block. With dense projections it is op
+    "glu_block", one fused C++ call while decoding on CPU (else the same ops one by one); BitLinear
+    ones quantise their inputs, so they run module by module."""
+    if all(type(p) is Linear and p.bias is None for p in (mlp.gate, mlp.up, mlp.down)):
+        fn = dispatch.choose("glu_block", x.device).fn
+        return fn(x, norm.weight, norm.eps, mlp.gate.weight, mlp.up.weight, mlp.down.weight, mlp.activation)
+    return x + mlp(norm(x))
 
 
 def ffn(config: BackboneConfig) -> nn.Module:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.layers import RMSNorm, ffn, apply_rotary, linear, rotary_angles
+from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
 import latentlm.kernels.dilated_attention  # noqa: F401  (registers the dilated_attention implementations)
 from latentlm.kernels import dispatch
@@ -63,7 +63,7 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, past, valid):
         a, kv = self.attn(self.attn_norm(x), cos, sin, past, valid)
         x = x + a
-        return x + self.mlp(self.mlp_norm(x)), kv
+        return residual_ffn(x, self.mlp_norm, self.mlp), kv
 
 
 class LongNet(nn.Module):

@@ -21,6 +21,10 @@ Forms, all the same function (to rounding):
   linear in T);
 - with a state: the recurrent form for T == 1 (decoding), the chunkwise form for T > 1.
 
+Decoding (recurrent, T == 1, no padding mask) runs everything between the qkv projection and the
+gate (rotary, state update, q S, head norm) as one op, "retention_step" (`latentlm.kernels.retention_step`:
+fused C++ on CPU), since at batch 1 the ~15 small torch ops it replaces cost more than their maths.
+
 `forward(..., form=...)` forces one of "parallel", "chunk", "recurrent" (tests, benchmarks).
 
 The state holds, per layer, S [B, H, Dh, Dh] fp32, and the position offset: its size does not grow
@@ -43,7 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
+from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
+import latentlm.kernels.retention_step  # noqa: F401  (registers the retention_step implementations)
 from latentlm.kernels import dispatch
 from latentlm.kernels.retention import (  # importing registers the chunk_retention implementations
     parallel_retention,
@@ -102,6 +107,10 @@ class MultiScaleRetention(nn.Module):
         """x [B, T, D]; state [B, H, Dh, Dh] or None; valid [B, T] (new positions) or None."""
         b, t, d = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
+        if form == "recurrent" and t == 1 and valid is None:  # decoding: one fused op (C++ on CPU)
+            step = dispatch.choose("retention_step", x.device).fn
+            o, state = step(self.qkv(x), cos, sin, log_decay, state, self.head_norm.weight, self.head_norm.eps)
+            return self.out(F.silu(self.gate(x)) * o), state  # o [B, 1, D], state [B, H, Dh, Dh]
         qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
         q, k = apply_rotary(qkv[:2], cos, sin)  # q and k turn in one call; each [B, H, T, Dh]
         k, v = k * dh**-0.5, qkv[2]
@@ -137,7 +146,7 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, log_decay, state, valid, form):
         a, state = self.retention(self.retention_norm(x), cos, sin, log_decay, state, valid, form)
         x = x + a
-        return x + self.mlp(self.mlp_norm(x)), state
+        return residual_ffn(x, self.mlp_norm, self.mlp), state
 
 
 class RetNet(nn.Module):

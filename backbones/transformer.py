@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
-from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
+from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
 
 __all__ = ["Attention", "KVCache", "Transformer", "attention_mask"]
 
@@ -79,7 +79,7 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, past, mask, causal):
         a, kv = self.attn(self.attn_norm(x), cos, sin, past, mask, causal)
         x = x + a
-        return x + self.mlp(self.mlp_norm(x)), kv
+        return residual_ffn(x, self.mlp_norm, self.mlp), kv
 
 
 class Transformer(nn.Module):

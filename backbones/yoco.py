@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.kv_cache import KVBuffer, any_padding
-from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, rotary_angles
+from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.transformer import attention_mask_for
+import latentlm.kernels.gated_retention_step  # noqa: F401  (registers the gated_retention_step implementations)
 from latentlm.kernels import dispatch
 from latentlm.kernels.gated_retention import recurrent_gated_retention
 
@@ -115,6 +116,11 @@ class GatedRetention(nn.Module):
         """x [B, T, D]; state [B, H, Dh, Dh] or None; valid [B, T] (new positions only) or None."""
         b, t, d = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
+        if t == 1 and state is not None and valid is None:  # decoding: one fused op (C++ on CPU)
+            step = dispatch.choose("gated_retention_step", x.device).fn
+            o, state = step(self.qkv(x), self.decay(x), cos, sin, state, self.head_norm.weight, self.head_norm.eps,
+                            GATE_LOGIT_NORMALIZER)
+            return self.out(F.silu(self.gate(x)) * o), state  # o [B, 1, D], state [B, H, Dh, Dh]
         qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
         q, k = apply_rotary(qkv[:2], cos, sin)  # q and k turn in one call; each [B, H, T, Dh]
         k, v = k * dh**-0.5, qkv[2]
@@ -194,7 +200,7 @@ class SelfBlock(nn.Module):
     def forward(self, x, cos, sin, state, aux):
         a, state = self.mixer(self.mixer_norm(x), cos, sin, state, aux)
         x = x + a
-        return x + self.mlp(self.mlp_norm(x)), state
+        return residual_ffn(x, self.mlp_norm, self.mlp), state
 
 
 class CrossBlock(nn.Module):
@@ -207,7 +213,7 @@ class CrossBlock(nn.Module):
 
     def forward(self, x, cos, sin, keys, values, mask, causal):
         x = x + self.attn(self.attn_norm(x), cos, sin, keys, values, mask, causal)
-        return x + self.mlp(self.mlp_norm(x))
+        return residual_ffn(x, self.mlp_norm, self.mlp)
 
 
 class YOCO(nn.Module):

@@ -1,4 +1,5 @@
-"""Small-batch fp32 linear layer fused in C++ for CPU (csrc/gemv_cpu.cpp): decoding a few tokens.
+"""Small-batch fp32 linear layer fused in C++ for CPU, for decoding a few tokens: csrc/gemv_cpu.cpp, the
+torch op over the kernel of csrc/gemv_kernel.{h,cpp} (which kernels/glu_block shares).
 
 With a few rows of x, `F.linear` is bound by reading the weight from memory once; this kernel
 streams it at close to memory bandwidth, small matrices included: the weight's rows are split over
@@ -19,7 +20,8 @@ from torch import Tensor
 from ..cpp_build import CppExtension
 from .naive import small_batch_linear_reference
 
-SOURCES = (Path(__file__).resolve().parent / "csrc" / "gemv_cpu.cpp",)
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = (CSRC / "gemv_cpu.cpp", CSRC / "gemv_kernel.cpp")
 EXTENSION = CppExtension("gemv_cpu", SOURCES, "the C++ small-batch linear CPU kernel")
 # Rows of x (product of the leading dims) the kernel takes; more go to torch's GEMM. Its time grows
 # linearly with the rows past ~8 (it becomes compute bound), so MKL catches up: on a 2-core AMD EPYC

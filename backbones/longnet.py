@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
+from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
 import latentlm.kernels.dilated_attention  # noqa: F401  (registers the dilated_attention implementations)
+import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
 from latentlm.kernels import dispatch
 
 
@@ -42,8 +43,7 @@ class DilatedSelfAttention(nn.Module):
         """x [B, T, D]; past: the layer's cache of S - T positions or None; valid [B, S] (all positions) or None."""
         b, t, _ = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
-        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-        (q, k), v = apply_rotary(qkv[:2], cos, sin), qkv[2]  # q and k turn in one call; each [B, H, T, Dh]
+        q, k, v = dispatch.choose("rotary_heads", x.device).fn(self.qkv(x), cos, sin, h, h)  # each [B, H, T, Dh]
         kv = KVBuffer.from_tensors(k, v) if past is None else past.append(k, v)  # [B, H, S, Dh] each
         # GPU: batched SDPA over gathered segments; CPU: nested patterns fast path (else the reference)
         attend = dispatch.choose("dilated_attention", x.device).fn

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
-from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
+from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
+import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
+from latentlm.kernels import dispatch
 
 __all__ = ["Attention", "KVCache", "Transformer", "attention_mask"]
 
@@ -59,9 +61,8 @@ class Attention(nn.Module):
         """x [B, T, D]; `past` the layer's cache of S - T positions or None; `mask` [B, 1, T, S] or None."""
         b, t, _ = x.shape
         h, hkv, dh = self.config.n_heads, self.config.kv_heads, self.config.head_dim
-        qkv = self.qkv(x).view(b, t, h + 2 * hkv, dh).transpose(1, 2)  # [B, H + 2 Hkv, T, Dh]
-        qk, v = apply_rotary(qkv[:, :h + hkv], cos, sin), qkv[:, h + hkv:]  # q and k turn in one call
-        q, k = qk.split([h, hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh]
+        # split into heads, q and k rotated, in one op (C++ on CPU): q [B, H, T, Dh], k and v [B, Hkv, T, Dh]
+        q, k, v = dispatch.choose("rotary_heads", x.device).fn(self.qkv(x), cos, sin, h, hkv)
         kv = KVBuffer.from_tensors(k, v) if past is None else past.append(k, v)
         y = attend(q, kv.keys, kv.values, mask, causal)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(b, t, h * dh)  # [B, T, D]

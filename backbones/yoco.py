@@ -33,6 +33,7 @@ from latentlm.backbones.kv_cache import KVBuffer, any_padding
 from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.transformer import attention_mask_for
 import latentlm.kernels.gated_retention_step  # noqa: F401  (registers the gated_retention_step implementations)
+import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
 from latentlm.kernels import dispatch
 from latentlm.kernels.gated_retention import recurrent_gated_retention
 
@@ -155,8 +156,7 @@ class SlidingWindowAttention(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         b, t, _ = x.shape
         h, dh, w = self.config.n_heads, self.config.head_dim, self.config.window
-        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-        (q, k), v = apply_rotary(qkv[:2], cos, sin), qkv[2]
+        q, k, v = dispatch.choose("rotary_heads", x.device).fn(self.qkv(x), cos, sin, h, h)  # each [B, H, T, Dh]
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
@@ -181,7 +181,7 @@ class CrossAttention(nn.Module):
         """x [B, T, D]; keys, values [B, Hkv, S, Dh]; mask [B, 1, T, S] or None (see `attention_mask_for`)."""
         b, t, _ = x.shape
         h, dh = self.config.n_heads, self.config.head_dim
-        q = apply_rotary(self.q(x).view(b, t, h, dh).transpose(1, 2), cos, sin)  # [B, H, T, Dh]
+        q, _, _ = dispatch.choose("rotary_heads", x.device).fn(self.q(x), cos, sin, h, 0)  # [B, H, T, Dh]
         y = attend(q, keys, values, mask, causal)
         return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
 
@@ -261,8 +261,8 @@ class YOCO(nn.Module):
             self_states.append(s)
 
         # The global KV, once.
-        k, v = self.kv(self.kv_norm(x)).view(b, t, 2, cfg.kv_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
-        k = apply_rotary(k, cos, sin)  # k, v each [B, Hkv, T, Dh]
+        rotary_heads = dispatch.choose("rotary_heads", x.device).fn  # k rotated; k, v each [B, Hkv, T, Dh]
+        _, k, v = rotary_heads(self.kv(self.kv_norm(x)), cos, sin, 0, cfg.kv_heads)
         kv = KVBuffer.from_tensors(k, v) if state is None else state.kv.append(k, v)
         new_state = YOCOState(self_states, kv, all_valid, padded)
 

@@ -161,7 +161,7 @@ def kernels_section(d: int, layers: int, heads: int, contexts: list[int], yoco_k
     ms = decode_ms(cases)
     rows = [[k, f"{c:,}", f"{ms[k, c, False]:.2f}", f"{ms[k, c, True]:.2f}", f"{ms[k, c, False] / ms[k, c, True]:.2f}x"]
             for k in models for c in contexts]
-    ops = ["rms_norm", "small_batch_linear", "glu_block", "decode_attention", "retention_step",
+    ops = ["rms_norm", "small_batch_linear", "glu_block", "rotary_heads", "decode_attention", "retention_step",
            "gated_retention_step"]
     chosen = ", ".join(f"{op}: {dispatch.choose(op, 'cpu').name}" for op in ops)
     return (f"### Decode step with and without the fused CPU kernels, batch 1, d={d}, {layers} layers, {heads} heads, fp32\n\n"

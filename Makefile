@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/latentlm build-kernels
 	touch $(STAMP)
 
 venv: $(STAMP)

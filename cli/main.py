@@ -150,6 +150,24 @@ def export_cmd(source: str, out: Path, dtype: str) -> None:
     click.echo(str(out))
 
 
+# ---- kernels ---------------------------------------------------------------------------------
+@cli.command("build-kernels")
+def build_kernels() -> None:
+    """Compile the C++ CPU kernels now, in parallel (else each compiles on first use, about a minute).
+
+    \b
+    Prints one line per kernel; one that cannot be compiled leaves its ops on the PyTorch reference.
+    Example:
+      latentlm build-kernels
+    """
+    from latentlm.kernels.cpp_build import all_extensions, build_all
+
+    extensions = all_extensions()
+    for name, built in build_all().items():
+        state = "ready" if built else "not built: its ops use the PyTorch reference"
+        click.echo(f"{name}: {state} ({extensions[name].build_directory()})")
+
+
 # ---- generation ------------------------------------------------------------------------------
 @cli.command()
 @click.option("--modality", type=click.Choice(["image"]), default="image", show_default=True)

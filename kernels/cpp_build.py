@@ -4,14 +4,20 @@ cached on disk, and replaced by the PyTorch reference (after one warning) when t
 A `CppExtension` names its sources; its library lands in `<cache>/kernels/<name>-<digest>`, where
 `<cache>` is `$LATENTLM_CACHE` or `~/.cache/latentlm` and the digest covers the sources (and the
 headers beside them), the flags, torch, Python and the machine: a later process finds the library
-built and only loads it.
+built and only loads it. A compile prints one line on stderr (it takes about a minute per extension);
+`build_all` compiles every extension at once, in parallel processes (`latentlm build-kernels`, run by
+the Makefile's set-up), so that first use only loads them.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
+import importlib
 import logging
+import multiprocessing
 import os
+import pkgutil
 import platform
 import re
 import sys
@@ -22,6 +28,7 @@ from pathlib import Path
 import torch
 
 LDFLAGS = ("-fopenmp",)
+_EXTENSIONS: dict[str, "CppExtension"] = {}  # every extension made, by name (`all_extensions`)
 
 
 def _is_x86() -> bool:
@@ -53,6 +60,7 @@ class CppExtension:
         self._lock = threading.Lock()
         self._ext = None
         self._tried = False
+        _EXTENSIONS[name] = self
 
     @functools.cached_property
     def digest(self) -> str:
@@ -77,6 +85,9 @@ class CppExtension:
 
     def build(self):
         """Compile (or, when up to date, just load) the extension; raises on any failure."""
+        if not self.library_path().exists():
+            print(f"latentlm: compiling {self.what} (once per machine and version, about a minute)...",
+                  file=sys.stderr, flush=True)
         # torch logs notes (CUDA_HOME on import, compiler checks) and warns; a failure gets our one line
         logger = logging.getLogger("torch.utils.cpp_extension")
         level = logger.level
@@ -111,3 +122,30 @@ class CppExtension:
                                       RuntimeWarning, stacklevel=3)
                     self._tried = True
         return self._ext
+
+
+def all_extensions() -> dict[str, CppExtension]:
+    """Every C++ extension of `latentlm.kernels`, by name (importing each kernel package makes its own)."""
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if module.ispkg:
+            importlib.import_module(f"{package}.{module.name}")
+    return dict(_EXTENSIONS)
+
+
+def _build_one(name: str) -> bool:
+    """In a worker process: compile extension `name` into the cache; whether it built."""
+    return all_extensions()[name].get() is not None
+
+
+def build_all(workers: int | None = None) -> dict[str, bool]:
+    """Compile every extension now, `workers` (default: the CPU count) in parallel processes, and load
+    them here: what first use would do one after the other. {name: whether it built}; one that does
+    not build warns once, and its ops use their PyTorch reference."""
+    extensions = all_extensions()
+    todo = [name for name, ext in extensions.items() if not ext.library_path().exists()]
+    if len(todo) > 1:  # separate processes: compiling and importing touch process-wide state
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count() or 1, mp_context=context) as pool:
+            list(pool.map(_build_one, todo))  # failures warn in the worker; get() below warns here
+    return {name: ext.get() is not None for name, ext in extensions.items()}

@@ -3,8 +3,8 @@ cached on disk, and replaced by the PyTorch reference (after one warning) when t
 
 A `CppExtension` names its sources; its library lands in `<cache>/kernels/<name>-<digest>`, where
 `<cache>` is `$LATENTLM_CACHE` or `~/.cache/latentlm` and the digest covers the sources (and the
-headers beside them), the flags, torch, Python and the machine: a later process finds the library
-built and only loads it. A compile prints one line on stderr (it takes about a minute per extension);
+headers beside them, and the shared ones of `include/`), the flags, torch, Python and the machine: a
+later process finds the library built and only loads it. A compile prints one line on stderr (it takes about a minute per extension);
 `build_all` compiles every extension at once, in parallel processes (`latentlm build-kernels`, run by
 the Makefile's set-up), so that first use only loads them.
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 LDFLAGS = ("-fopenmp",)
+INCLUDE = Path(__file__).resolve().parent / "include"  # headers every extension shares (latentlm_cpu.h)
 _EXTENSIONS: dict[str, "CppExtension"] = {}  # every extension made, by name (`all_extensions`)
 
 
@@ -66,7 +67,7 @@ class CppExtension:
     def digest(self) -> str:
         """Hash of what the library depends on: sources and headers, flags, torch, Python, machine."""
         h = hashlib.sha256()
-        for directory in sorted({s.parent for s in self.sources}):
+        for directory in sorted({s.parent for s in self.sources} | {INCLUDE}):
             for path in sorted(directory.iterdir()):
                 if path.suffix in (".cpp", ".h", ".hpp"):
                     h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -100,7 +101,8 @@ class CppExtension:
                 directory = self.build_directory()
                 directory.mkdir(parents=True, exist_ok=True)
                 return load(name=self.module_name(), sources=[str(s) for s in self.sources], extra_cflags=cflags(),
-                            extra_ldflags=list(LDFLAGS), build_directory=str(directory), verbose=False)
+                            extra_ldflags=list(LDFLAGS), extra_include_paths=[str(INCLUDE)],
+                            build_directory=str(directory), verbose=False)
         finally:
             logger.setLevel(level)
 

@@ -30,10 +30,10 @@ def test_every_package_is_listed():
 
 def test_every_kernel_source_is_shipped():
     data = config()["package-data"]
-    for csrc in sorted((ROOT / "kernels").glob("*/csrc")):
-        package = f"latentlm.kernels.{csrc.parent.name}"
-        patterns = data.get(package, [])
-        for source in csrc.iterdir():
+    folders = [(csrc, f"latentlm.kernels.{csrc.parent.name}") for csrc in sorted((ROOT / "kernels").glob("*/csrc"))]
+    for folder, package in folders + [(ROOT / "kernels" / "include", "latentlm.kernels")]:  # + shared headers
+        patterns = [p.removeprefix(f"{folder.name}/") for p in data.get(package, [])]
+        for source in folder.iterdir():
             assert any(source.match(p) for p in patterns), f"{source.name} of {package} is not in package-data"
 
 

@@ -25,6 +25,7 @@
 // K and V are each streamed from memory once, prefetched in software. Without AVX2
 // (or use_avx2=false): scalar loops, one softmax pass per chunk.
 #include <torch/extension.h>
+#include "latentlm_cpu.h"
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -343,8 +344,6 @@ DA_AVX2 void axpy_avx2(float w, const float* x, float* y, int64_t d) {
   for (; i < d; ++i) y[i] += w * x[i];
 }
 
-bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-
 // Chunks per (b, h): enough that none has more than `chunk` keys; with few (b, h) pairs (BH) for the
 // T threads, rounded up so that the items divide evenly among the threads, while chunks keep >= 64 keys.
 int64_t chunk_count(int64_t S, int64_t chunk, int64_t BH, int64_t T) {
@@ -372,7 +371,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D && v.stride(3) == 1 && v.stride(2) == D,
               "k and v need contiguous rows of D");
   TORCH_CHECK(S > 0 && chunk > 0 && D > 0, "need keys, a positive chunk and D");
-  use_avx2 = use_avx2 && has_avx2();
+  use_avx2 = use_avx2 && latentlm::has_avx2();
   const int64_t C0 = chunk_count(S, chunk, B * H, at::get_num_threads());
   chunk = round8((S + C0 - 1) / C0);  // equal chunks of a multiple of 8 keys (the last one may be shorter)
   const int64_t C = (S + chunk - 1) / chunk, items = B * H * C;
@@ -426,9 +425,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   return out;
 }
 
-bool supports_avx2() { return has_avx2(); }
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "one decoding step of grouped attention, fp32");
-  m.def("supports_avx2", &supports_avx2);
+  m.def("supports_avx2", &latentlm::has_avx2);
 }

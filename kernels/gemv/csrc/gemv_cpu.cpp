@@ -9,10 +9,11 @@
 #include <vector>
 
 #include "gemv_kernel.h"
+#include "latentlm_cpu.h"
 
 namespace latentlm_gemv {
 
-bool fp32_cpu(const torch::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); }
+using latentlm::fp32_cpu;
 
 // y [..., N] = x [..., K] . w^T + bias, or None when the inputs are not ones this kernel takes (the
 // caller then uses the reference): not fp32 / not CPU, w not a contiguous [N, K] matrix, bias not a
@@ -30,7 +31,7 @@ c10::optional<torch::Tensor> small_batch_linear(const torch::Tensor& x, const to
   const int64_t N = w.size(0), K = w.size(1);
   if (has_bias && !(fp32_cpu(*bias) && bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous()))
     return c10::nullopt;
-  if (at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (has_bias && bias->requires_grad())))
+  if (latentlm::needs_grad({&x, &w, has_bias ? &*bias : nullptr}))
     return c10::nullopt;
   const int64_t M = K > 0 ? x.numel() / K : 0;
   if (K == 0 || M == 0 || M > max_rows) return c10::nullopt;
@@ -56,5 +57,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for inputs the kernel does not take; block_rows 0 picks R from the rows of x",
         py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("max_rows"), py::arg("avx2") = true,
         py::arg("prefetch_bytes") = 4096, py::arg("min_parallel_bytes") = 0, py::arg("block_rows") = 0);
-  m.def("supports_avx2", &lg::has_avx2, "whether this CPU runs the AVX2+FMA path");
+  m.def("supports_avx2", &latentlm::has_avx2, "whether this CPU runs the AVX2+FMA path");
 }

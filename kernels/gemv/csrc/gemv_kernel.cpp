@@ -26,6 +26,7 @@
 //   called from the at::parallel_for lambda; the scalar path is plain C++ (8 partial sums per dot
 //   product, so its rounding is of the same order as the vector path's).
 #include "gemv_kernel.h"
+#include "latentlm_cpu.h"
 
 #include <ATen/Parallel.h>
 
@@ -226,20 +227,8 @@ int64_t auto_block_rows(int64_t M) { return M <= 3 ? 4 : 2; }
 
 }  // namespace
 
-bool has_avx2() {
-#if LATENTLM_X86
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-#else
-  return false;
-#endif
-}
-
 void gemv(const Job& j, bool use_avx2, int64_t min_parallel_bytes, int64_t block_rows) {
-  use_avx2 = use_avx2 && has_avx2();
+  use_avx2 = use_avx2 && latentlm::has_avx2();
   // Threads get contiguous ranges of whole blocks (at::parallel_for splits [0, blocks) evenly);
   // a matrix below min_parallel_bytes stays on the calling thread.
   const int64_t N = j.N, R = block_rows ? block_rows : auto_block_rows(j.M);

@@ -17,9 +17,6 @@ struct Job {
   int64_t prefetch_bytes;  // software prefetch distance per thread (0: none)
 };
 
-// Whether this CPU runs the AVX2+FMA path.
-bool has_avx2();
-
 // y = x . w^T + bias over the threads (at::parallel_for): each takes a contiguous range of w's rows,
 // read as R interleaved streams (block_rows R; 0 picks it from M). A matrix below min_parallel_bytes
 // stays on the calling thread. use_avx2 = false (or a CPU without it) runs the scalar loops.

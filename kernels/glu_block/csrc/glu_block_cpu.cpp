@@ -15,19 +15,11 @@
 #include <vector>
 
 #include "../../gemv/csrc/gemv_kernel.h"
+#include "latentlm_cpu.h"
 
 namespace {
 
-bool fp32_cpu_contiguous(const torch::Tensor& t) {
-  return t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous();
-}
-
-bool needs_grad(const std::vector<torch::Tensor>& ts) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const auto& t : ts)
-    if (t.requires_grad()) return true;
-  return false;
-}
+bool fp32_cpu_contiguous(const torch::Tensor& t) { return latentlm::fp32_cpu(t) && t.is_contiguous(); }
 
 // n [M, D] = x / sqrt(mean(x^2) + eps) * w, with the sum of squares in double (F.rms_norm's accuracy or better).
 void rms_norm_rows(const float* x, const float* w, float eps, int64_t M, int64_t D, float* n) {
@@ -70,7 +62,7 @@ c10::optional<torch::Tensor> glu_block(const torch::Tensor& x, const torch::Tens
       w_down.size(0) != D || w_down.size(1) != F)
     return c10::nullopt;
   const int64_t M = D > 0 ? x.numel() / D : 0;
-  if (D == 0 || F == 0 || M == 0 || M > max_rows || needs_grad({x, norm_weight, w_gate, w_up, w_down}))
+  if (D == 0 || F == 0 || M == 0 || M > max_rows || latentlm::needs_grad({&x, &norm_weight, &w_gate, &w_up, &w_down}))
     return c10::nullopt;
 
   std::vector<float> buf(M * (D + 2 * F));
@@ -97,5 +89,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("norm_weight"), py::arg("eps"), py::arg("w_gate"), py::arg("w_up"), py::arg("w_down"),
         py::arg("act"), py::arg("max_rows"), py::arg("avx2") = true, py::arg("prefetch_bytes") = 4096,
         py::arg("min_parallel_bytes") = 0);
-  m.def("supports_avx2", &latentlm_gemv::has_avx2, "whether this CPU runs the AVX2+FMA path");
+  m.def("supports_avx2", &latentlm::has_avx2, "whether this CPU runs the AVX2+FMA path");
 }

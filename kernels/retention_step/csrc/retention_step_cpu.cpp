@@ -22,11 +22,11 @@
 // unless each thread would get at least `min_parallel_floats` state floats.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include "latentlm_cpu.h"
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <tuple>
 #include <vector>
 
@@ -124,18 +124,10 @@ void rms_norm(float* o, const float* w, float eps, int64_t dh) {
   for (int64_t j = 0; j < dh; ++j) o[j] = w ? (o[j] * r) * w[j] : o[j] * r;
 }
 
-bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-
-bool fp32_cpu(const torch::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); }
+using latentlm::fp32_cpu;
+using latentlm::needs_grad;
 
 bool fp32_vector(const torch::Tensor& t, int64_t n) { return fp32_cpu(t) && t.numel() == n && t.is_contiguous(); }
-
-bool needs_grad(std::initializer_list<const torch::Tensor*> ts) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const torch::Tensor* t : ts)
-    if (t && t->requires_grad()) return true;
-  return false;
-}
 
 // exp(logsigmoid(x) / normalizer), logsigmoid in its stable form as `F.logsigmoid` computes it (fp32).
 float gate(float x, float normalizer) {
@@ -165,7 +157,7 @@ Step step(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tenso
           const c10::optional<torch::Tensor>& state, const c10::optional<torch::Tensor>& weight, double eps,
           const std::vector<float>& gamma, bool use_avx2, int64_t min_parallel_floats) {
   const int64_t B = qkv.size(0), Dh = cos.size(-1), H = static_cast<int64_t>(gamma.size()) / B, D = H * Dh;
-  use_avx2 = use_avx2 && has_avx2();
+  use_avx2 = use_avx2 && latentlm::has_avx2();
   torch::Tensor o = torch::empty({B, 1, D}, qkv.options());
   torch::Tensor sn = torch::empty({B, H, Dh, Dh}, qkv.options());
   const float* x = qkv.data_ptr<float>();
@@ -232,8 +224,6 @@ c10::optional<Step> gated_retention_step(const torch::Tensor& qkv, const torch::
   return step(qkv, cos, sin, state, weight, eps, gamma, use_avx2, min_parallel_floats);
 }
 
-bool supports_avx2() { return has_avx2(); }
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "latentlm recurrent decoding steps (rotary, state update, head RMSNorm) of RetNet and YOCO for CPU";
   m.def("retention_step", &retention_step,
@@ -247,5 +237,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("qkv"), py::arg("decay_logits"), py::arg("cos"), py::arg("sin"), py::arg("state"),
         py::arg("weight"), py::arg("eps"), py::arg("gate_normalizer"), py::arg("avx2") = true,
         py::arg("min_parallel_floats") = 1 << 14);
-  m.def("supports_avx2", &supports_avx2, "whether this CPU runs the AVX2+FMA path");
+  m.def("supports_avx2", &latentlm::has_avx2, "whether this CPU runs the AVX2+FMA path");
 }

@@ -6,6 +6,7 @@
 // for one row of 256 floats, and a decoding step of a 12-layer backbone normalises ~40 single rows.
 // Rows are spread over threads only when there are enough of them to pay for it.
 #include <torch/extension.h>
+#include "latentlm_cpu.h"
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -55,8 +56,6 @@ __attribute__((target("avx2,fma"))) void scale_avx2(const float* x, float r, con
   scale_scalar(x + i, r, w ? w + i : nullptr, y + i, d - i);
 }
 
-bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-
 }  // namespace
 
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps, bool use_avx2) {
@@ -65,7 +64,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps, bool use_av
   const bool weighted = w.numel() > 0;
   TORCH_CHECK(!weighted || (w.dim() == 1 && w.size(0) == D && w.is_contiguous() && w.scalar_type() == at::kFloat),
               "w must be contiguous fp32 [D] or empty");
-  use_avx2 = use_avx2 && has_avx2();
+  use_avx2 = use_avx2 && latentlm::has_avx2();
   auto y = torch::empty_like(x);
   const float* xp = x.data_ptr<float>();
   const float* wp = weighted ? w.data_ptr<float>() : nullptr;
@@ -84,9 +83,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps, bool use_av
   return y;
 }
 
-bool supports_avx2() { return has_avx2(); }
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm over the last dim, fp32");
-  m.def("supports_avx2", &supports_avx2);
+  m.def("supports_avx2", &latentlm::has_avx2);
 }

@@ -17,6 +17,7 @@
 // at least `min_parallel_floats` floats of p; decoding (a few hundred floats) runs on the calling thread.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include "latentlm_cpu.h"
 
 #include <algorithm>
 #include <cstring>
@@ -44,7 +45,7 @@ RH_NO_CONTRACT void rotate(const float* __restrict__ x, const float* __restrict_
   }
 }
 
-bool fp32_cpu(const torch::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); }
+using latentlm::fp32_cpu;
 
 // A rotary table of T positions of Dh floats, contiguous fp32.
 bool table(const torch::Tensor& t, int64_t T, int64_t Dh) {
@@ -65,7 +66,7 @@ c10::optional<Heads> rotary_heads(const torch::Tensor& p, const torch::Tensor& c
   const int64_t B = p.size(0), T = p.size(1), Dh = cos.size(1), N = n_q + 2 * n_kv;
   if (Dh == 0 || Dh % 2 != 0 || p.size(2) != N * Dh || !table(cos, T, Dh) || !table(sin, T, Dh))
     return c10::nullopt;
-  if (at::GradMode::is_enabled() && (p.requires_grad() || cos.requires_grad() || sin.requires_grad()))
+  if (latentlm::needs_grad({&p, &cos, &sin}))
     return c10::nullopt;
   torch::Tensor q = torch::empty({B, n_q, T, Dh}, p.options());
   torch::Tensor k = torch::empty({B, n_kv, T, Dh}, p.options());

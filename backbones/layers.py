@@ -9,6 +9,7 @@ import latentlm.kernels.rms_norm  # noqa: F401  (registers the rms_norm implemen
 from latentlm.backbones.config import BackboneConfig
 from latentlm.kernels import dispatch
 from latentlm.kernels.glu_block import glu_activation  # importing registers the glu_block implementations
+from latentlm.kernels.rotary_heads.naive import apply_rotary  # noqa: F401  (the backbones' rotary, re-exported)
 
 
 class RMSNorm(nn.Module):
@@ -48,16 +49,6 @@ def rotary_angles(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Te
     angles = positions.float()[:, None] * inv_freq[None, :]  # [T, dim/2]
     cos, sin = angles.cos(), angles.sin()
     return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the pairs (x[..., i], x[..., i + D/2]) of x [..., T, D] by the angles of `rotary_angles`:
-    (x1 cos - x2 sin, x1 sin + x2 cos), computed as x * cos + swap_halves(x) * sin: three ops instead
-    of eight, with the same rounding (the sign sits in the table). Leading dims broadcast, so q and k
-    can turn in one call ([2, B, H, T, D])."""
-    xf = x.float().contiguous()  # strided q / k views would make the output, and the matmuls after it, strided
-    out = xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin
-    return out.to(x.dtype)
 
 
 class GLU(nn.Module):

@@ -47,8 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
+from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 import latentlm.kernels.retention_step  # noqa: F401  (registers the retention_step implementations)
+import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
 from latentlm.kernels import dispatch
 from latentlm.kernels.retention import (  # importing registers the chunk_retention implementations
     parallel_retention,
@@ -111,9 +112,8 @@ class MultiScaleRetention(nn.Module):
             step = dispatch.choose("retention_step", x.device).fn
             o, state = step(self.qkv(x), cos, sin, log_decay, state, self.head_norm.weight, self.head_norm.eps)
             return self.out(F.silu(self.gate(x)) * o), state  # o [B, 1, D], state [B, H, Dh, Dh]
-        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-        q, k = apply_rotary(qkv[:2], cos, sin)  # q and k turn in one call; each [B, H, T, Dh]
-        k, v = k * dh**-0.5, qkv[2]
+        q, k, v = dispatch.choose("rotary_heads", x.device).fn(self.qkv(x), cos, sin, h, h)  # each [B, H, T, Dh]
+        k = k * dh**-0.5
         if valid is not None:  # padding writes nothing into the state
             pad = ~valid[:, None, :, None]  # [B, 1, T, 1]
             k = k.masked_fill(pad, 0)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.kv_cache import KVBuffer, any_padding
-from latentlm.backbones.layers import RMSNorm, apply_rotary, ffn, linear, residual_ffn, rotary_angles
+from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.transformer import attention_mask_for
 import latentlm.kernels.gated_retention_step  # noqa: F401  (registers the gated_retention_step implementations)
 import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
@@ -122,9 +122,8 @@ class GatedRetention(nn.Module):
             o, state = step(self.qkv(x), self.decay(x), cos, sin, state, self.head_norm.weight, self.head_norm.eps,
                             GATE_LOGIT_NORMALIZER)
             return self.out(F.silu(self.gate(x)) * o), state  # o [B, 1, D], state [B, H, Dh, Dh]
-        qkv = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-        q, k = apply_rotary(qkv[:2], cos, sin)  # q and k turn in one call; each [B, H, T, Dh]
-        k, v = k * dh**-0.5, qkv[2]
+        q, k, v = dispatch.choose("rotary_heads", x.device).fn(self.qkv(x), cos, sin, h, h)  # each [B, H, T, Dh]
+        k = k * dh**-0.5
         log_decay = F.logsigmoid(self.decay(x).float()).transpose(1, 2) / GATE_LOGIT_NORMALIZER  # [B, H, T]
         if valid is not None:
             # A padding position is a no-op on the state: nothing written (k = v = 0), nothing decayed.

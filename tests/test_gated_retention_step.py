@@ -193,7 +193,8 @@ def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):
     assert calls == [True, True] + [False] * 6
 
     gated_retention_step_cpp(qkv, logits[:1], cos, sin, state, weight, EPS, NORM)  # logits of another batch
-    with pytest.raises(RuntimeError):  # logits [B, H, 1]: not taken, and the reference refuses them too
+    with pytest.raises(ValueError, match="features per token"):  # logits [B, H, 1]: not taken, and the
+        # reference refuses them too: read as 1 head, qkv does not split into 3 heads of Dh
         gated_retention_step_cpp(qkv, logits.view(2, 4, 1), cos, sin, state, weight, EPS, NORM)
     assert calls == [True, True] + [False] * 8
 

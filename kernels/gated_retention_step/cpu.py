@@ -13,7 +13,6 @@ checking them in Python, which costs microseconds a call).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..retention_step.cpu import EXTENSION, MIN_PARALLEL_FLOATS, available  # noqa: F401 (available: the op's)

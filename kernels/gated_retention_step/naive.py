@@ -3,7 +3,7 @@ reference of the fused kernel, the ops `GatedRetention.forward` ran one by one.
 
 Per batch row b and head h, with q, k, v the three [Dh] slices of qkv and x the head's decay logit:
 
-    q = rotary(q),  k = rotary(k) * Dh^-0.5        (`_rotary`, the ops of `apply_rotary`)
+    q = rotary(q),  k = rotary(k) * Dh^-0.5        (`rotary_heads_reference`, as the layer splits)
     g = logsigmoid(x) / gate_normalizer            (`F.logsigmoid` in fp32; YOCO: normalizer 16)
     S' = exp(g) S + k^T v,  o = q S'               (`recurrent_gated_retention`: decay, add, then read)
     o = rms_norm(o) * norm_weight                  (`F.rms_norm` over Dh)
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..gated_retention.recurrent import recurrent_gated_retention
-from ..retention_step.naive import _rotary
+from ..rotary_heads.naive import rotary_heads_reference
 
 
 def gated_retention_step_reference(
@@ -28,9 +28,8 @@ def gated_retention_step_reference(
     None (zeros), norm_weight [Dh] -> (o [B, T, D], S' [B, H, Dh, Dh] fp32). Any T (T == 1: decoding)."""
     b, t, _ = qkv.shape
     h, dh = decay_logits.shape[-1], cos.shape[-1]
-    qkv = qkv.reshape(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-    q, k = _rotary(qkv[:2], cos, sin)  # each [B, H, T, Dh]
+    q, k, v = rotary_heads_reference(qkv, cos, sin, h, h)  # each [B, H, T, Dh]
     log_decay = F.logsigmoid(decay_logits.float()).transpose(1, 2) / gate_normalizer  # [B, H, T]
-    o, state = recurrent_gated_retention(q, k * dh**-0.5, qkv[2], log_decay, state)  # [B, H, T, Dh], [B, H, Dh, Dh]
+    o, state = recurrent_gated_retention(q, k * dh**-0.5, v, log_decay, state)  # [B, H, T, Dh], [B, H, Dh, Dh]
     o = F.rms_norm(o, (dh,), norm_weight, eps)
     return o.transpose(1, 2).reshape(b, t, h * dh), state

@@ -7,9 +7,9 @@ Per head h (gamma_h = exp(log_decay_h)), with q, k, v the three [Dh] slices of q
     S' = gamma_h S + k^T v                         (`recurrent_retention`; S: [Dh, Dh] fp32)
     o = rms_norm(q S') * norm_weight               (`F.rms_norm` over Dh)
 
-and o is returned with its heads concatenated (h = 0..H-1), beside S'. `_rotary` is the same three
-ops as `latentlm.backbones.layers.apply_rotary` (this package imports nothing else of latentlm);
-tests/test_retention_step.py checks that this function equals the layer's op-by-op path bit for bit.
+and o is returned with its heads concatenated (h = 0..H-1), beside S'. The split and rotary are
+`rotary_heads_reference`, as in the layer's op-by-op path; tests/test_retention_step.py checks that
+this function equals that path bit for bit.
 """
 from __future__ import annotations
 
@@ -17,12 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..retention import recurrent_retention
-
-
-def _rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """`apply_rotary`'s ops: pairs (i, i + Dh/2) of x [..., T, Dh] turned by the tables cos, sin [T, Dh]."""
-    xf = x.float().contiguous()
-    return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)
+from ..rotary_heads.naive import rotary_heads_reference
 
 
 def retention_step_reference(
@@ -33,8 +28,7 @@ def retention_step_reference(
     (zeros), norm_weight [Dh] -> (o [B, T, D], S' [B, H, Dh, Dh] fp32). Any T (T == 1: decoding)."""
     b, t, _ = qkv.shape
     h, dh = log_decay.shape[0], cos.shape[-1]
-    qkv = qkv.reshape(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-    q, k = _rotary(qkv[:2], cos, sin)  # each [B, H, T, Dh]
-    o, state = recurrent_retention(q, k * dh**-0.5, qkv[2], log_decay, state)  # [B, H, T, Dh], [B, H, Dh, Dh]
+    q, k, v = rotary_heads_reference(qkv, cos, sin, h, h)  # each [B, H, T, Dh]
+    o, state = recurrent_retention(q, k * dh**-0.5, v, log_decay, state)  # [B, H, T, Dh], [B, H, Dh, Dh]
     o = F.rms_norm(o, (dh,), norm_weight, eps)
     return o.transpose(1, 2).reshape(b, t, h * dh), state

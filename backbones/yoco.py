@@ -159,7 +159,9 @@ class SlidingWindowAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        y = attend(q, k, v, mask, causal=mask is None)  # no mask: no cache, no padding, T <= window
+        if mask is None and (past is not None or t > w):  # SDPA's causal flag knows no cache and no window
+            mask = window_mask(torch.ones(b, k.shape[2], dtype=torch.bool, device=x.device), t, w)
+        y = attend(q, k, v, mask, causal=mask is None)  # no mask left: no cache, no padding, T <= window
         y = y.transpose(1, 2).reshape(b, t, h * dh)
         return self.out(y), (k[:, :, -w:], v[:, :, -w:])
 

@@ -184,3 +184,22 @@ def test_sliding_window_sees_exactly_window_positions():
         y2, _ = layer(x2, cos, sin, None, window_mask(torch.ones(1, T, dtype=torch.bool), T, w))
     changed = (y1 - y2).abs().amax(-1)[0] > 1e-6
     assert changed.tolist() == [p <= n < p + w for n in range(T)]
+
+
+def test_sliding_window_without_mask_builds_its_window():
+    """Called with no mask, the layer still keeps to its window: over more than `window` tokens, and
+    after a cache, where SDPA's own causal flag would align queries to the first keys."""
+    model = make("sliding_window")
+    layer = model.self_blocks[0].mixer
+    w = model.config.window
+    assert T > w + 2
+    cos, sin = rotary_angles(torch.arange(T), D // H, model.config.rope_theta)
+    x = torch.randn(2, T, D)
+    ones = torch.ones(2, T, dtype=torch.bool)
+    with torch.no_grad():
+        expected, _ = layer(x, cos, sin, None, window_mask(ones, T, w))
+        whole, _ = layer(x, cos, sin, None, None)
+        head, past = layer(x[:, :5], cos[:5], sin[:5], None, None)
+        tail, _ = layer(x[:, 5:], cos[5:], sin[5:], past, None)
+    assert rel_max(whole, expected) <= 1e-5
+    assert rel_max(torch.cat([head, tail], 1), expected) <= 1e-5

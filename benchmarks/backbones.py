@@ -183,6 +183,36 @@ def kernels_section(d: int, layers: int, heads: int, contexts: list[int], yoco_k
 
 
 @torch.no_grad()
+def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_dim: int = 64, group: int = 4) -> str:
+    """YOCO's decode flatness as the model grows at a fixed depth: d in `widths`, heads of `head_dim`,
+    `group` query heads per KV head. Each token, every cross-decoder layer reads the whole global KV,
+    so the context adds a cost that stands against the weights read each token: the table shows both."""
+    lo, hi = contexts[0], contexts[-1]
+    rows, flat = [], {}
+    for d in widths:
+        heads = d // head_dim
+        config = BackboneConfig(kind="yoco", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=heads // group)
+        torch.manual_seed(0)
+        model = build_backbone(config).eval()
+        weights = 4 * sum(p.numel() for p in model.parameters())
+        kv_reads = len(model.cross_blocks) * 2 * config.kv_heads * head_dim * hi * 4  # bytes per token at `hi`
+        ms = decode_ms({c: (model, config, c) for c in contexts}, steps=4, rounds=7)
+        flat[d] = ms[hi] / ms[lo]
+        rows.append([f"{d}", f"{heads}/{config.kv_heads}", f"{weights / 2**20:,.1f} MiB", f"{kv_reads / 2**20:,.1f} MiB",
+                     f"{kv_reads / weights:.2f}", f"{ms[lo]:.2f}", f"{ms[hi]:.2f}", f"{flat[d]:.2f}x"])
+        del model
+    met = [f"d={d}" for d in widths if flat[d] <= 1.3]
+    return (f"### YOCO decode flatness by model size, batch 1, {layers} layers, heads of {head_dim}, fp32\n\n"
+            + table(["d", "heads/KV heads", "weights", f"global KV read per token at {hi:,}", "KV read / weights",
+                     f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], rows)
+            + f"\n\n- Each token reads every weight once and, in each of the {layers // 2} cross-decoder layers, the "
+            "whole global KV: the context's cost stands against the weights', so the ratio follows the KV reads / "
+            "weights column, lowered where the global KV stays in the last-level cache between layers."
+            + f"\n- Within the bar (<= 1.3x): {', '.join(met) if met else 'none'}. "
+            f"Contexts take turns, 7 rounds of 4 tokens; the fastest round counts.")
+
+
+@torch.no_grad()
 def preset_decode_section(name: str, contexts: list[int]) -> str:
     """Decode flatness of a published-size preset (random weights: decode cost does not depend on them)."""
     config = preset(name)
@@ -414,6 +444,7 @@ def main() -> None:
     if args.quick:
         parts = [decode_section(64, 4, 2, [256, 1024], [2, 1])[0], decode_section(64, 4, 2, [256, 1024], [1], batch=4)[0],
                  kernels_section(64, 4, 2, [256, 1024], 1),
+                 yoco_size_section([64, 128], 4, [256, 1024], head_dim=32, group=2),
                  decode_attention_section([(4, 1, 32)], [256, 1024]),
                  yoco_section(64, 4, 2, 512),
                  longnet_section(2, 32, [1024, 2048], [128, 256], [1, 2]),
@@ -423,6 +454,7 @@ def main() -> None:
         parts = [decode_section(256, 12, 4, contexts, [4, 1])[0],
                  decode_section(256, 12, 4, contexts, [1], batch=8)[0],
                  kernels_section(256, 12, 4, [1024, 16384], 1),
+                 yoco_size_section([256, 512, 1024, 2048], 12, [1024, 16384]),
                  preset_decode_section("yoco-3b", [1024, 16384]),
                  decode_attention_section([(4, 4, 64), (4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  yoco_section(256, 12, 4, 8192),

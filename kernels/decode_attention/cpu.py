@@ -4,9 +4,10 @@ Split-K over the cache: threads take (batch, KV head, chunk of keys) items; an i
 blocks of ~16 KiB of values with an online softmax (running max, sum and output accumulators per query
 of the group). AVX2 path: scores for 8 keys at a time (one transposing horizontal sum per 8 scores, each
 key row read once for all the queries of the group), a vectorised exp2, and the weighted sum of values
-in register tiles of the group's queries x D slices; keys are prefetched 4 KiB ahead (across page
-boundaries, where the hardware prefetcher stops) and value rows while their keys are scored; a second
-pass merges the chunks by their maxima.
+in register tiles of the group's queries x D slices; the next block's keys are prefetched while this
+block's are scored and its values while this block's are summed, so memory requests stay in flight
+through every phase (grouped queries, with more compute per byte, streamed at half a plain read's speed
+before); a second pass merges the chunks by their maxima.
 The cache is streamed once per call, from any view whose rows are contiguous (a KV buffer with spare
 room is one), fp32 only. Built on first use (`latentlm.kernels.cpp_build`); AVX2+FMA where the CPU has
 it, else scalar loops.

@@ -22,7 +22,7 @@
 // score, a scalar exp, an accumulator row loaded and stored per key and query); this runs near the
 // FMA/load limits, so caches that sit in L2/L3 go several times faster and large ones at DRAM speed.
 // A second pass merges the chunks per (b, h, query): o = sum_c 2^(m_c - M) acc_c / sum_c 2^(m_c - M) l_c.
-// K and V are each streamed from memory once, prefetched in software. Without AVX2
+// K and V are each streamed from memory once, prefetched in software a block ahead. Without AVX2
 // (or use_avx2=false): scalar loops, one softmax pass per chunk.
 #include <torch/extension.h>
 #include "latentlm_cpu.h"
@@ -42,13 +42,13 @@ namespace {
 
 constexpr double kLog2e = 1.4426950408889634;
 constexpr int64_t kBlockBytes = 16384;  // AVX2: a block's value rows, reused across D slices from L1
-// AVX2: while scoring 8 keys, touch the key rows this many bytes further on, and the 8 keys' value rows
-// (read right after, by the block's P V). The hardware prefetcher stops at 4 KiB page boundaries and
-// follows one stream at a time here; this keeps both streams in flight. 2-core AMD EPYC, 16k keys: keys
-// only, 4 / 4 heads x 64 (32 MiB) in cache 1.6-1.8 -> 1.1-1.2 ms; the value rows too, caches evicted
-// before each call, 4 / 1 x 64 (8 MiB) 0.81-0.90 -> 0.74-0.82 ms and 24 / 8 x 128 (128 MiB)
-// 9.9-10.7 -> 9.2-9.8 ms (three runs).
-constexpr int64_t kKeyPrefetchBytes = 4096;
+// AVX2 prefetching: while a block's keys are scored, the next block's key rows; while its values are
+// summed (P V), the next block's value rows, a line or two per key. Memory requests so stay in flight
+// through every phase. Before, the value rows were prefetched with their keys, the memory sat idle during
+// P V, and grouped queries (more compute per byte) streamed at ~10 GB/s where a plain read does ~17-20.
+// 2-core AMD EPYC, caches evicted before each call, old -> new: 64k keys 4 / 1 x 64 2.47 -> 1.85 ms,
+// 16 / 4 x 64 10.9 -> 7.4 ms, 24 / 8 x 128 35.4 -> 32.6 ms, 4 / 4 x 64 7.07 -> 6.89 ms; with
+// the cache warm, 4 / 1 is unchanged and 4 / 4 up to ~10% slower (more prefetches than it needs).
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round8(int64_t x) { return (x + 7) & ~int64_t(7); }
@@ -189,11 +189,23 @@ DA_AVX2_INLINE __m256 dot8(const float* q, const float* const* r, int64_t D8, bo
   return reduce8(a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
+// Cache lines to prefetch while a block's P V runs: `per` consecutive lines from `next` with each key
+// (without a bounds check: a prefetch past the data is harmless and costs less than the branch).
+struct LineStream {
+  const char* next;
+  int64_t lines;  // to cover in all
+  int64_t per;
+
+  DA_AVX2_INLINE void step() {
+    for (int64_t i = 0; i < per; ++i, next += 64) _mm_prefetch(next, _MM_HINT_T0);
+  }
+};
+
 // acc[qi, 0:8R] <- alpha[qi] acc[qi, 0:8R] + sum_j p[qi * ps + j] v[j * D + 0:8R] for QB queries (acc rows
 // D apart), the accumulators in registers across the n keys; MASK: the last of the R vectors is partial.
 template <int QB, int R, bool MASK>
 DA_AVX2 void pv_block(const float* p, int64_t ps, const float* v, int64_t D, int64_t n, __m256i dmask,
-                      const float* alpha, float* acc) {
+                      const float* alpha, float* acc, LineStream& ahead) {
   __m256 a[QB][R];
 #pragma GCC unroll 8
   for (int qi = 0; qi < QB; ++qi) {
@@ -205,6 +217,7 @@ DA_AVX2 void pv_block(const float* p, int64_t ps, const float* v, int64_t D, int
     }
   }
   for (int64_t j = 0; j < n; ++j) {
+    ahead.step();
     const float* vr = v + j * D;
     __m256 x[R];
 #pragma GCC unroll 8
@@ -232,28 +245,32 @@ DA_AVX2 void pv_block(const float* p, int64_t ps, const float* v, int64_t D, int
 // The last `cnt` (< R, or R with a partial last vector) vectors of a row: pv_block with N = cnt.
 template <int QB, int N>
 DA_AVX2 void pv_rest(int cnt, bool tail, const float* p, int64_t ps, const float* v, int64_t D, int64_t n,
-                     __m256i dmask, const float* alpha, float* acc) {
+                     __m256i dmask, const float* alpha, float* acc, LineStream& ahead) {
   if constexpr (N > 0) {
     if (cnt == N) {
       if (tail)
-        pv_block<QB, N, true>(p, ps, v, D, n, dmask, alpha, acc);
+        pv_block<QB, N, true>(p, ps, v, D, n, dmask, alpha, acc, ahead);
       else
-        pv_block<QB, N, false>(p, ps, v, D, n, dmask, alpha, acc);
+        pv_block<QB, N, false>(p, ps, v, D, n, dmask, alpha, acc, ahead);
     } else {
-      pv_rest<QB, N - 1>(cnt, tail, p, ps, v, D, n, dmask, alpha, acc);
+      pv_rest<QB, N - 1>(cnt, tail, p, ps, v, D, n, dmask, alpha, acc, ahead);
     }
   }
 }
 
-// All D columns of QB queries: blocks of R full vectors, then the rest.
+// All D columns of QB queries: blocks of R full vectors, then the rest. `ahead`: lines to prefetch,
+// spread over the keys of every D slice.
 template <int QB, int R>
 DA_AVX2 void pv_rows(const float* p, int64_t ps, const float* v, int64_t D, int64_t n, __m256i dmask,
-                     const float* alpha, float* acc) {
+                     const float* alpha, float* acc, LineStream& ahead) {
+  const int64_t slices = (D + 8 * R - 1) / (8 * R);
+  ahead.per = std::max<int64_t>(1, (ahead.lines + slices * n - 1) / (slices * n));
   int64_t d = 0;
-  for (; d + 8 * R <= D; d += 8 * R) pv_block<QB, R, false>(p, ps, v + d, D, n, dmask, alpha, acc + d);
+  for (; d + 8 * R <= D; d += 8 * R) pv_block<QB, R, false>(p, ps, v + d, D, n, dmask, alpha, acc + d, ahead);
   const int64_t left = D - d;  // < 8R
   if (left > 0)
-    pv_rest<QB, R>(static_cast<int>((left + 7) / 8), left % 8 != 0, p, ps, v + d, D, n, dmask, alpha, acc + d);
+    pv_rest<QB, R>(static_cast<int>((left + 7) / 8), left % 8 != 0, p, ps, v + d, D, n, dmask, alpha, acc + d,
+                   ahead);
 }
 
 // One item; qs [G, DP] scaled queries, p [G, BK] block scores/weights, al [G] rescale factors (thread
@@ -287,12 +304,8 @@ DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, fl
       const float* r[8];
       for (int t = 0; t < 8; ++t) r[t] = kb + std::min(jb + t, nb - 1) * D;
       const bool partial = jb + 8 > nb;
-      const char* ahead = reinterpret_cast<const char*>(kb + jb * D) + kKeyPrefetchBytes;
-      const char* values = reinterpret_cast<const char*>(vb + jb * D);
-      for (int64_t o = 0; o < 32 * D; o += 64) {  // 8 rows of D floats each
-        _mm_prefetch(ahead + o, _MM_HINT_T0);
-        _mm_prefetch(values + o, _MM_HINT_T0);
-      }
+      const char* ahead = reinterpret_cast<const char*>(kb + (BK + jb) * D);  // the next block's 8 rows
+      for (int64_t o = 0; o < 32 * D; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
       const __m256 valid = _mm256_castsi256_ps(lanes_below(nb - jb));
       for (int64_t i = 0; i < G; ++i) {
         __m256 s = dot8<NV>(qs + i * DP, r, D8, tail, dmask);
@@ -318,12 +331,14 @@ DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, fl
       }
       lw[i] = lw[i] * al[i] + hsum(sv);
     }
-    // 3. acc = al acc + p V, queries in blocks of 4 (then 3, 2, 1)
+    // 3. acc = al acc + p V, queries in blocks of 4 (then 3, 2, 1), the next block's value rows prefetched
+    const int64_t next_rows = std::min(BK, n - b0 - nb);
+    LineStream values{reinterpret_cast<const char*>(vb + nb * D), (next_rows * D * 4 + 63) / 64, 1};
     int64_t i = 0;
-    for (; i + 4 <= G; i += 4) pv_rows<4, 2>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
-    if (G - i == 3) pv_rows<3, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
-    if (G - i == 2) pv_rows<2, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
-    if (G - i == 1) pv_rows<1, 8>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D);
+    for (; i + 4 <= G; i += 4) pv_rows<4, 2>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
+    if (G - i == 3) pv_rows<3, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
+    if (G - i == 2) pv_rows<2, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
+    if (G - i == 1) pv_rows<1, 8>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
   }
 }
 

@@ -47,8 +47,9 @@ constexpr int64_t kBlockBytes = 16384;  // AVX2: a block's value rows, reused ac
 // through every phase. Before, the value rows were prefetched with their keys, the memory sat idle during
 // P V, and grouped queries (more compute per byte) streamed at ~10 GB/s where a plain read does ~17-20.
 // 2-core AMD EPYC, caches evicted before each call, old -> new: 64k keys 4 / 1 x 64 2.47 -> 1.85 ms,
-// 16 / 4 x 64 10.9 -> 7.4 ms, 24 / 8 x 128 35.4 -> 32.6 ms, 4 / 4 x 64 7.07 -> 6.89 ms; with
-// the cache warm, 4 / 1 is unchanged and 4 / 4 up to ~10% slower (more prefetches than it needs).
+// 16 / 4 x 64 10.9 -> 7.4 ms, 24 / 8 x 128 35.4 -> 32.6 ms, 4 / 4 x 64 7.07 -> 6.89 ms. Caches already in
+// L2/L3 (called twice in a row) pay for the extra prefetch instructions: 0-9% slower (1k keys 4 / 1 x 64
+// 0.026-0.029 -> 0.028-0.030 ms), 24 / 8 x 128 at 16k still 1.1-1.3x faster.
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round8(int64_t x) { return (x + 7) & ~int64_t(7); }

@@ -205,7 +205,7 @@ def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_
     return (f"### YOCO decode flatness by model size, batch 1, {layers} layers, heads of {head_dim}, fp32\n\n"
             + table(["d", "heads/KV heads", "weights", f"global KV read per token at {hi:,}", "KV read / weights",
                      f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], rows)
-            + f"\n\n- Each token reads every weight once and, in each of the {layers // 2} cross-decoder layers, the "
+            + f"\n\n- Each token reads every weight once and, in each of the {layers - layers // 2} cross-decoder layers, the "
             "whole global KV: the context's cost stands against the weights', so the ratio follows the KV reads / "
             "weights column, lowered where the global KV stays in the last-level cache between layers."
             + f"\n- Within the bar (<= 1.3x): {', '.join(met) if met else 'none'}. "

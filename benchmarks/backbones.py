@@ -233,13 +233,13 @@ def preset_decode_section(name: str, contexts: list[int]) -> str:
             "5 rounds of 2 tokens; the fastest round counts.")
 
 
-@torch.no_grad()
 def read_bandwidth(nbytes: int = 256 * 2**20, rounds: int = 5) -> float:
     """GB/s of a plain streaming read (a sum over `nbytes`): the machine's yardstick for memory-bound ops."""
     x = torch.ones(nbytes // 4)
     return nbytes / 1e9 / timed(x.sum, rounds)
 
 
+@torch.no_grad()
 def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[int], rounds: int = 20) -> str:
     """One layer's decode attention (one query per head over the whole cache): the op that Transformer
     and YOCO attention dispatch to, against grouped SDPA (its reference) and SDPA's own enable_gqa.

@@ -25,11 +25,13 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: 
     """q [B, H, Tq, Dh] over k, v [B, Hkv, S, Dh] -> [B, H, Tq, Dh].
 
     `mask` [B, 1, Tq, S] bool (True: may attend) or None; `causal` is SDPA's top-left aligned causal
-    mask, for queries and keys at the same positions (Tq == S).
+    mask, for queries and keys at the same positions (Tq == S). k and v may be stored in lower
+    precision than q (YOCO's fp16 global KV): the decode kernel reads them so, SDPA gets them widened.
     """
     groups = q.shape[1] // k.shape[1]
     if q.shape[1] != groups * k.shape[1]:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} KV heads")
     if q.shape[2] == 1 and mask is None and not causal:
         return dispatch.choose("decode_attention", q.device).fn(q, k, v)
+    k, v = k.to(q.dtype), v.to(q.dtype)  # no copy when they already match
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=groups > 1)

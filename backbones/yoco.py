@@ -6,7 +6,9 @@
 - One global KV cache, computed once from the self-decoder's output after an RMSNorm
   (k = W_k x with RoPE, v = W_v x) and shared by every cross-decoder layer. It has `n_kv_heads`
   heads (grouped-query attention, as YOCO 3B's 8 KV heads for 24 query heads; default n_heads) and
-  grows in place while decoding (`KVBuffer`).
+  grows in place while decoding (`KVBuffer`). `kv_dtype="float16"` stores it in half precision
+  (keys and values rounded in every forward, so decoding still equals the full forward): half the
+  state, and half the bytes a decoded token reads (BENCHMARKS.md "Backbones").
 - Cross-decoder, the remaining layers: pre-norm blocks of causal cross-attention from the layer's
   queries to the global KV (the query at position n sees global keys 0..n), each followed by the GLU MLP (SwiGLU, or ReLU^2 for BitNet).
 - A final RMSNorm.
@@ -95,6 +97,21 @@ def window_mask(valid: Tensor, q_len: int, window: int) -> Tensor:
     k_pos = torch.arange(s, device=valid.device)[None, :]
     band = (k_pos <= q_pos) & (k_pos > q_pos - window)  # [Tq, S]
     return ((band[None] & valid[:, None, :]) | (k_pos == q_pos)[None])[:, None]
+
+
+def cache_rounded(x: Tensor, kv_dtype: str) -> Tensor:
+    """Global keys or values [B, Hkv, T, Dh] as the cache holds them (`BackboneConfig.kv_dtype`).
+
+    float16: without autograd, the fp16 tensor itself (what the cache stores and the decode kernel
+    reads); with autograd, x's dtype holding the fp16-rounded values, gradients passed straight through
+    (an fp16 backward would underflow small gradients). Either way attention sees the same numbers.
+    """
+    if kv_dtype == "float32":
+        return x
+    half = x.to(torch.float16)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return half
+    return x + (half.to(x.dtype) - x).detach()
 
 
 class GatedRetention(nn.Module):
@@ -264,6 +281,7 @@ class YOCO(nn.Module):
         # The global KV, once.
         rotary_heads = dispatch.choose("rotary_heads", x.device).fn  # k rotated; k, v each [B, Hkv, T, Dh]
         _, k, v = rotary_heads(self.kv(self.kv_norm(x)), cos, sin, 0, cfg.kv_heads)
+        k, v = cache_rounded(k, cfg.kv_dtype), cache_rounded(v, cfg.kv_dtype)
         kv = KVBuffer.from_tensors(k, v) if state is None else state.kv.append(k, v)
         new_state = YOCOState(self_states, kv, all_valid, padded)
 

@@ -7,13 +7,13 @@ timed from a state of the given context length filled with random values (a real
 tokens through a 12-layer Transformer would take minutes on a 2-core CPU and change nothing).
 
     .venv/bin/python benchmarks/backbones.py                     # full sizes, writes BENCHMARKS.md
-    .venv/bin/python benchmarks/backbones.py --yoco-kv-heads 1   # YOCO's global KV with 1 KV head (GQA)
     .venv/bin/python benchmarks/backbones.py --quick             # small sizes, prints only
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import time
 import warnings
@@ -59,7 +59,7 @@ def fastest_in_turns(fns: dict, rounds: int = 5) -> dict:
 
 def random_state(model, kind: str, config: BackboneConfig, context: int, batch: int = 1):
     """A state of `context` past positions, filled with random values; KV caches have
-    `config.kv_heads` heads."""
+    `config.kv_heads` heads (YOCO's global KV stored in `config.kv_dtype`)."""
     h, hkv, dh, n = config.n_heads, config.kv_heads, config.head_dim, config.n_layers
     kv = lambda: torch.randn(batch, hkv, context, dh)  # noqa: E731
     valid = torch.ones(batch, context, dtype=torch.bool)
@@ -68,7 +68,9 @@ def random_state(model, kind: str, config: BackboneConfig, context: int, batch: 
     if kind == "retnet":
         return RetNetState([torch.randn(batch, h, dh, dh) for _ in range(n)], context)
     if kind == "yoco":
-        return YOCOState.from_tensors([torch.randn(batch, h, dh, dh) for _ in range(n // 2)], kv(), kv(), valid)
+        dtype = getattr(torch, config.kv_dtype)
+        return YOCOState.from_tensors([torch.randn(batch, h, dh, dh) for _ in range(n // 2)], kv().to(dtype),
+                                      kv().to(dtype), valid)
     raise ValueError(kind)
 
 
@@ -116,14 +118,19 @@ def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_
     return {key: 1e3 * t for key, t in best.items()}
 
 
-def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco_kv_heads: list[int],
+def yoco_name(heads: int, kv_heads: int, kv_dtype: str) -> str:
+    return f"YOCO {heads}/{kv_heads}" + (", fp16 KV" if kv_dtype == "float16" else "")
+
+
+def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: list[tuple[int, str]],
                    batch: int = 1) -> tuple[str, dict]:
     """Decode cost (and, at batch 1, state memory) of a Transformer, RetNet and YOCO of one size; one
-    YOCO column per entry of `yoco_kv_heads` (KV heads of its global KV, grouped-query attention)."""
+    YOCO column per entry (KV heads of its global KV, grouped-query attention; the cache's kv_dtype) of
+    `yoco`."""
     models = {}
-    for kind, kv in [("transformer", None), ("retnet", None)] + [("yoco", g) for g in yoco_kv_heads]:
-        name = kind if kind != "yoco" else f"YOCO {heads}/{kv}"
-        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv)
+    for kind, kv, kv_dtype in [("transformer", None, "float32"), ("retnet", None, "float32")] + [("yoco", *y) for y in yoco]:
+        name = kind if kind != "yoco" else yoco_name(heads, kv, kv_dtype)
+        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, kv_dtype=kv_dtype)
         torch.manual_seed(0)
         models[name] = (build_backbone(config).eval(), config)
     params = {k: sum(p.numel() for p in m.parameters()) for k, (m, _) in models.items()}
@@ -136,7 +143,9 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco_kv
     rows.append([f"ratio {hi:,} / {lo:,}"] + [f"{flat[k]:.2f}x" for k in models])
     speedup = ms["transformer"][hi] / ms["retnet"][hi]
     yocos = [k for k in models if k.startswith("YOCO")]
-    text = (f"### Decode step (ms), batch {batch}, d={d}, {layers} layers, {heads} heads, fp32\n\n"
+    text = (f"### Decode step (ms), batch {batch}, d={d}, {layers} layers, {heads} heads, fp32"
+            + (" (fp16 KV: YOCO's global KV cache stored in fp16, `kv_dtype=\"float16\"`)" if any(
+                "fp16" in k for k in yocos) else "") + "\n\n"
             + table(["context", "Transformer (KV cache)", "RetNet"] + [f"{k} (heads/KV heads)" for k in yocos], rows)
             + "\n\n- Parameters: " + ", ".join(f"{k} {params[k]:,}" for k in models)
             + f" (YOCO: {models[yocos[0]][1].self_decoder.replace('_', ' ')} self-decoder)."
@@ -214,7 +223,8 @@ def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_
 
 @torch.no_grad()
 def preset_decode_section(name: str, contexts: list[int]) -> str:
-    """Decode flatness of a published-size preset (random weights: decode cost does not depend on them)."""
+    """Decode flatness of a published-size preset (random weights: decode cost does not depend on them),
+    with its global KV cache in fp32 and, same weights, in fp16 (YOCO's `kv_dtype`), side by side."""
     config = preset(name)
     with torch.device("meta"):
         model = build_backbone(config)
@@ -222,15 +232,24 @@ def preset_decode_section(name: str, contexts: list[int]) -> str:
     for p in model.parameters():
         p.normal_(0.0, 0.02)
     n_params = sum(p.numel() for p in model.parameters())
-    ms = decode_ms({c: (model, config, c) for c in contexts}, steps=2, rounds=5)
-    del model
+    variants = {"fp32": (model, config)}
+    if config.kind == "yoco":
+        half = copy.copy(model)  # shares every parameter and submodule; only the config differs
+        half.config = config.model_copy(update={"kv_dtype": "float16"})
+        variants["fp16 KV"] = (half, half.config)
+    ms = decode_ms({(v, c): (m, cfg, c) for v, (m, cfg) in variants.items() for c in contexts}, steps=2, rounds=5)
+    names = list(variants)
+    del model, variants
     lo, hi = contexts[0], contexts[-1]
+    flat = {v: ms[v, hi] / ms[v, lo] for v in names}
     kv = f"{config.n_heads} heads / {config.kv_heads} KV heads"
-    return (f"### Decode step at a published size: `{name}` ({n_params / 1e9:.2f}B parameters, d={config.d_model}, "
+    return (f"### Decode step of the preset `{name}` ({n_params / 1e9:.2f}B parameters, d={config.d_model}, "
             f"{config.n_layers} layers, {kv}), batch 1, fp32\n\n"
-            + table(["context", "ms / token"], [[f"{c:,}", f"{ms[c]:.0f}"] for c in contexts])
-            + f"\n\n- Flatness {lo:,} -> {hi:,}: {name} {ms[hi] / ms[lo]:.2f}x (bar <= 1.3x). Contexts take turns, "
-            "5 rounds of 2 tokens; the fastest round counts.")
+            + table(["context"] + [f"ms / token, {v} cache" for v in flat],
+                    [[f"{c:,}"] + [f"{ms[v, c]:.0f}" if ms[v, c] >= 100 else f"{ms[v, c]:.2f}" for v in flat]
+                     for c in contexts])
+            + f"\n\n- Flatness {lo:,} -> {hi:,}: " + ", ".join(f"{v} cache {f:.2f}x" for v, f in flat.items())
+            + " (bar <= 1.3x). Variants and contexts take turns, 5 rounds of 2 tokens; the fastest round counts.")
 
 
 def read_bandwidth(nbytes: int = 256 * 2**20, rounds: int = 5) -> float:
@@ -278,6 +297,38 @@ def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[
             f"been written (the cache comes from memory). A plain read streams {read_bandwidth():.1f} GB/s here.\n\n"
             + table(["heads / KV heads x dim", "keys", "cache (MiB)", f"{impl.name} (ms)", "reference (ms)",
                      "SDPA enable_gqa (ms)", f"SDPA / {impl.name}", f"{impl.name}, cache evicted (ms)"], rows))
+
+
+@torch.no_grad()
+def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: list[int], rounds: int = 20) -> str:
+    """The decode-attention kernel on an fp16 cache (YOCO's kv_dtype="float16") against the same values
+    in fp32: half the bytes, the same fp32 arithmetic. Taking turns, warm and with the cache evicted."""
+    impl = dispatch.choose("decode_attention", "cpu")
+    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    rows = []
+    for h, hkv, dh in shapes:
+        for s in contexts:
+            q = torch.randn(1, h, 1, dh)
+            half = [torch.randn(1, hkv, s, dh).half() for _ in range(2)]
+            caches = {"fp32": [x.float() for x in half], "fp16": half}
+            best = {(dt, cold): float("inf") for dt in caches for cold in (False, True)}
+            for _ in range(rounds):
+                for (dt, cold) in best:
+                    if cold:
+                        evictor.add_(1.0)
+                    t0 = time.perf_counter()
+                    impl.fn(q, *caches[dt])
+                    best[dt, cold] = min(best[dt, cold], 1e3 * (time.perf_counter() - t0))
+            rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", f"{2 * half[0].numel() * 4 / 2**20:.1f}",
+                         *(f"{best[dt, cold]:.3f}" for cold in (False, True) for dt in caches),
+                         f"{best['fp32', False] / best['fp16', False]:.2f}x",
+                         f"{best['fp32', True] / best['fp16', True]:.2f}x"])
+    return ("### Decode attention on an fp16 cache, one layer, batch 1\n\n"
+            f"`{impl.name}` on a cache stored in fp16 (YOCO's `kv_dtype=\"float16\"`; rows widened exactly as they "
+            "are read, fp32 arithmetic) against the same values stored in fp32. Taking turns, fastest of "
+            f"{rounds} calls; \"evicted\": right after 96 MiB have been written.\n\n"
+            + table(["heads / KV heads x dim", "keys", "fp32 cache (MiB)", "fp32 (ms)", "fp16 (ms)", "fp32 evicted (ms)",
+                     "fp16 evicted (ms)", "fp16 speed-up", "fp16 speed-up, evicted"], rows))
 
 
 @torch.no_grad()
@@ -458,21 +509,25 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes; print, do not write BENCHMARKS.md")
     args = ap.parse_args()
     if args.quick:
-        parts = [decode_section(64, 4, 2, [256, 1024], [2, 1])[0], decode_section(64, 4, 2, [256, 1024], [1], batch=4)[0],
+        parts = [decode_section(64, 4, 2, [256, 1024], [(2, "float32"), (1, "float32"), (1, "float16")])[0],
+                 decode_section(64, 4, 2, [256, 1024], [(1, "float32")], batch=4)[0],
                  kernels_section(64, 4, 2, [256, 1024], 1),
                  yoco_size_section([64, 128], 4, [256, 1024], head_dim=32, group=2),
+                 preset_decode_section("yoco-tiny", [256, 1024]),
                  decode_attention_section([(4, 1, 32)], [256, 1024]),
+                 decode_attention_fp16_section([(4, 1, 32)], [256, 1024]),
                  yoco_section(64, 4, 2, 512),
                  longnet_section(2, 32, [1024, 2048], [128, 256], [1, 2]),
                  peer_section(64, 4, 2, [128, 512], prefill=128, check=128)]
     else:
         contexts = [1024, 4096, 16384]
-        parts = [decode_section(256, 12, 4, contexts, [4, 1])[0],
-                 decode_section(256, 12, 4, contexts, [1], batch=8)[0],
+        parts = [decode_section(256, 12, 4, contexts, [(4, "float32"), (1, "float32"), (1, "float16")])[0],
+                 decode_section(256, 12, 4, contexts, [(1, "float32")], batch=8)[0],
                  kernels_section(256, 12, 4, [1024, 16384], 1),
                  yoco_size_section([256, 512, 1024, 2048], 12, [1024, 16384]),
                  preset_decode_section("yoco-3b", [1024, 16384]),
                  decode_attention_section([(4, 4, 64), (4, 1, 64), (24, 8, 128)], [1024, 16384]),
+                 decode_attention_fp16_section([(4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  yoco_section(256, 12, 4, 8192),
                  longnet_section(4, 64, [8192, 16384, 32768], [1024, 2048, 4096, 8192, 16384], [1, 2, 4, 8, 16]),
                  peer_section(256, 12, 4, [512, 2048], prefill=1024, check=256)]

@@ -63,6 +63,32 @@ def test_kernel_equals_reference_across_groups_and_head_dims(ext, h, hkv, d, s, 
     assert got.shape == (1, h, 1, d) and rel_rms(got, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("avx2", [True, False])
+@pytest.mark.parametrize("h,hkv,d,s", [
+    (8, 2, 64, 700),      # g = 4, D = 64 (unrolled)
+    (24, 8, 128, 1300),   # g = 3, D = 128 (unrolled), chunks split for the threads
+    (7, 1, 24, 300),      # g = 7 = 4 + 3, D = 3 vectors of 8
+    (5, 1, 20, 129),      # D not a multiple of 8: the scalar loops, in the kernel
+])
+def test_fp16_cache_equals_reference_on_its_widened_values(ext, h, hkv, d, s, avx2):
+    """An fp16 cache (YOCO's kv_dtype="float16") is read as its exact fp32 values: the kernel on the
+    half tensors equals the reference on the same tensors widened."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, h, 1, d, generator=g)
+    k = torch.randn(1, hkv, s + 5, d, generator=g).half()[:, :, 3:s + 3]
+    v = torch.randn(1, hkv, s + 5, d, generator=g).half()[:, :, 3:s + 3]
+    calls = []
+    real = ext.decode_attention
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {
+            "decode_attention": staticmethod(lambda *a: calls.append(1) or real(*a))})())
+        got = decode_attention_cpp(q, k, v, avx2=avx2)
+    assert calls == [1], "the kernel takes an fp16 cache itself"
+    ref = decode_attention_reference(q, k.float(), v.float())
+    assert got.dtype == torch.float32 and rel_rms(got, ref) <= 1e-5
+    assert rel_rms(decode_attention_reference(q, k, v), ref) == 0.0  # the reference widens it the same way
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_kernel_on_any_number_of_threads(ext, threads):
     """The chunks per (batch, KV head) depend on the thread count (made even for 2, a multiple of 3 for

@@ -1,4 +1,5 @@
-"""YOCO: parallel == prefill + decoding (with and without early exit), padding, state size."""
+"""YOCO: parallel == prefill + decoding (with and without early exit), padding, state size, for a global
+KV cache in fp32 and in fp16."""
 import pytest
 import torch
 
@@ -9,8 +10,11 @@ from latentlm.backbones.yoco import YOCO, window_mask
 
 B, T, D, H, L = 2, 13, 32, 4, 4  # T=13 is a multiple of neither chunk_size=4 nor window=5
 KINDS = ["gated_retention", "sliding_window"]
-# (self-decoder, n_kv_heads of the global KV): multi-head, and grouped-query with 2 and 1 KV heads
-VARIANTS = [("gated_retention", None), ("sliding_window", None), ("gated_retention", 2), ("sliding_window", 1)]
+# (self-decoder, n_kv_heads of the global KV, its kv_dtype): multi-head, and grouped-query with 2 and 1 KV
+# heads; fp16 caches (head dim 8: the decode kernel's AVX2 path reads them) with both self-decoders
+VARIANTS = [("gated_retention", None, "float32"), ("sliding_window", None, "float32"),
+            ("gated_retention", 2, "float32"), ("sliding_window", 1, "float32"),
+            ("gated_retention", 2, "float16"), ("sliding_window", None, "float16")]
 
 
 def make(kind, n_layers=L, **kw):
@@ -24,17 +28,19 @@ def rel_max(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-kv_heads={v[1] or H}")
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-kv_heads={v[1] or H}-{v[2]}")
 def model(request):
-    kind, n_kv_heads = request.param
-    return make(kind, n_kv_heads=n_kv_heads)
+    kind, n_kv_heads, kv_dtype = request.param
+    return make(kind, n_kv_heads=n_kv_heads, kv_dtype=kv_dtype)
 
 
 def test_state_layout(model):
     x = torch.randn(B, T, D)
-    out, state = model(x)
+    with torch.no_grad():  # (with autograd an fp16 cache holds its rounded values in fp32: see below)
+        out, state = model(x)
     assert out.shape == (B, T, D) and state.length == T
     assert state.keys.shape == state.values.shape == (B, model.config.kv_heads, T, D // H)
+    assert state.keys.dtype == state.values.dtype == getattr(torch, model.config.kv_dtype)
     assert len(state.self_states) == L // 2
 
 
@@ -203,3 +209,34 @@ def test_sliding_window_without_mask_builds_its_window():
         tail, _ = layer(x[:, 5:], cos[5:], sin[5:], past, None)
     assert rel_max(whole, expected) <= 1e-5
     assert rel_max(torch.cat([head, tail], 1), expected) <= 1e-5
+
+
+def test_fp16_global_kv_halves_the_cache_and_stays_close_to_fp32():
+    """kv_dtype="float16": the same weights give a cache of half the bytes, fp16 while decoding too,
+    and outputs within fp16 rounding of the fp32 cache's."""
+    m32, m16 = make("gated_retention", n_kv_heads=2), make("gated_retention", n_kv_heads=2, kv_dtype="float16")
+    m16.load_state_dict(m32.state_dict())
+    x = torch.randn(B, T, D)
+    with torch.no_grad():
+        y32, s32 = m32(x)
+        y16, s16 = m16(x)
+        _, s16 = m16(torch.randn(B, 1, D), s16)
+    assert s16.keys.dtype == torch.float16 and s16.kv.nbytes() * 2 == s32.kv.nbytes() * (T + 1) // T
+    assert 0 < rel_max(y16, y32) <= 1e-2
+
+
+def test_fp16_global_kv_trains_with_fp32_gradients():
+    """With autograd the rounding is straight-through: the cache values are fp16-exact, the gradients
+    flow in fp32 (an fp16 backward would flush small ones to zero)."""
+    model = make("gated_retention", kv_dtype="float16").train()
+    x = torch.randn(B, T, D, requires_grad=True)
+    out, state = model(x)
+    assert torch.equal(state.keys, state.keys.half().float())
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.kv.weight.grad.abs().max() > 0
+
+
+def test_kv_dtype_is_for_yoco_only():
+    with pytest.raises(ValueError, match="kv_dtype"):
+        BackboneConfig(kind="transformer", kv_dtype="float16")

@@ -9,7 +9,8 @@ block's are scored and its values while this block's are summed, so memory reque
 through every phase (grouped queries, with more compute per byte, streamed at half a plain read's speed
 before); a second pass merges the chunks by their maxima.
 The cache is streamed once per call, from any view whose rows are contiguous (a KV buffer with spare
-room is one), fp32 only. Built on first use (`latentlm.kernels.cpp_build`); AVX2+FMA where the CPU has
+room is one): q fp32, the cache fp32 or fp16 (YOCO's half-precision global KV: each row widened exactly
+as it is read, F16C on AVX2, so the kernel does the same fp32 arithmetic on half the bytes). Built on first use (`latentlm.kernels.cpp_build`); AVX2+FMA where the CPU has
 it, else scalar loops.
 """
 from __future__ import annotations
@@ -40,15 +41,15 @@ def available(device: torch.device | str = "cpu") -> bool:
 
 def _fits(q: Tensor, k: Tensor, v: Tensor) -> bool:
     d = k.shape[-1]
-    return (q.dtype == torch.float32 and k.dtype == torch.float32 and v.dtype == torch.float32
+    return (q.dtype == torch.float32 and k.dtype in (torch.float32, torch.float16) and v.dtype == k.dtype
             and k.stride(-1) == 1 and v.stride(-1) == 1 and k.stride(-2) == d and v.stride(-2) == d
-            and k.shape[2] > 0 and 8 * k.numel() >= MIN_CACHE_BYTES
+            and k.shape[2] > 0 and 2 * k.numel() * k.element_size() >= MIN_CACHE_BYTES
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
 
 
 def decode_attention_cpp(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, avx2: bool = True) -> Tensor:
     """Same arguments and result as `decode_attention_reference`; inputs the kernel does not take
-    (not fp32, rows not contiguous, an autograd graph to record, a cache below MIN_CACHE_BYTES) go to
+    (q not fp32, a cache neither fp32 nor fp16, rows not contiguous, an autograd graph to record, a cache below MIN_CACHE_BYTES) go to
     the reference. avx2=False forces the scalar loops."""
     ext = EXTENSION.get()
     if ext is None or not _fits(q, k, v):

@@ -16,5 +16,6 @@ def decode_attention_reference(q: Tensor, k: Tensor, v: Tensor, scale: float | N
     """softmax(scale q k^T) v per head: q [B, H, 1, D], k, v [B, Hkv, S, D] -> [B, H, 1, D]."""
     b, h, _, d = q.shape
     hkv = k.shape[1]
+    k, v = k.to(q.dtype), v.to(q.dtype)  # a cache stored in lower precision (fp16) is widened exactly
     out = F.scaled_dot_product_attention(q.reshape(b, hkv, h // hkv, d), k, v, scale=scale)  # [B, Hkv, g, D]
     return out.reshape(b, h, 1, d)

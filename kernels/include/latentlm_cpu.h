@@ -24,6 +24,19 @@ inline bool has_avx2() {
 #endif
 }
 
+// Whether this CPU converts fp16 <-> fp32 in vectors (F16C; every AVX2 CPU has it in practice).
+inline bool has_f16c() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("f16c") != 0;
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 // An fp32 tensor on the CPU.
 inline bool fp32_cpu(const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); }
 

@@ -2,8 +2,10 @@
 // keys, no mask (split-K "flash decoding"). Reference: kernels/decode_attention/naive.py.
 //
 //   q [B, Hkv, g, D] contiguous fp32 (q [B, H, 1, D] contiguous is the same memory: query head h*g + i
-//   reads KV head h); k, v [B, Hkv, S, D] fp32 with contiguous rows (any B and head strides: views of a
-//   KV buffer with spare room); out: q's shape.
+//   reads KV head h); k, v [B, Hkv, S, D] with contiguous rows (any B and head strides: views of a
+//   KV buffer with spare room), both fp32 or both fp16; out: q's shape, fp32.
+// An fp16 cache (YOCO's kv_dtype="float16") is widened exactly as its rows are read (F16C; the AVX2 path
+// needs D % 8 == 0, else the scalar loops), so the arithmetic is the fp32 kernel's on half the bytes.
 //
 // Work item = (b, h, chunk of keys), the items spread over the threads in contiguous runs (chunks of
 // equal size, at most `chunk` keys; with few (b, h), as many chunks as keep the threads evenly busy).
@@ -37,8 +39,8 @@
 
 namespace {
 
-#define DA_AVX2 __attribute__((target("avx2,fma")))
-#define DA_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+#define DA_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define DA_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 
 constexpr double kLog2e = 1.4426950408889634;
 constexpr int64_t kBlockBytes = 16384;  // AVX2: a block's value rows, reused across D slices from L1
@@ -59,8 +61,8 @@ struct Problem {
   int64_t H, G, D, S, chunk, C, DP, CP;  // DP, CP: D and chunk rounded up to 8 (row strides of qs, p)
   int64_t BK;                            // AVX2: keys per block (multiple of 8), row stride of p
   const float* q;                        // [B*H, G, D]
-  const float* k;
-  const float* v;
+  const void* k;  // [.., S, D] of the cache's element type (float or c10::Half)
+  const void* v;
   int64_t ksb, ksh, vsb, vsh;  // batch and head strides of k and v
   float qscale;                // scale * log2(e)
   float* acc;                  // [items, G, D] exp2-weighted sums of value rows
@@ -70,23 +72,26 @@ struct Problem {
 
 // ---------------------------------------------------------------- scalar path
 
-float dot_scalar(const float* a, const float* b, int64_t d) {
+template <typename T>
+float dot_scalar(const float* a, const T* b, int64_t d) {
   float r = 0.f;
-  for (int64_t i = 0; i < d; ++i) r += a[i] * b[i];
+  for (int64_t i = 0; i < d; ++i) r += a[i] * static_cast<float>(b[i]);
   return r;
 }
 
-void axpy_scalar(float w, const float* x, float* y, int64_t d) {
-  for (int64_t i = 0; i < d; ++i) y[i] += w * x[i];
+template <typename T>
+void axpy_scalar(float w, const T* x, float* y, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) y[i] += w * static_cast<float>(x[i]);
 }
 
 // qs [G, DP]: the item's queries times scale*log2(e); p [G, CP]: scores, then weights.
+template <typename T>
 void item_scalar(const Problem& P, int64_t w, float* qs, float* p) {
   const int64_t G = P.G, D = P.D, CP = P.CP;
   const int64_t bh = w / P.C, c = w % P.C, b = bh / P.H, h = bh % P.H;
   const int64_t j0 = c * P.chunk, n = std::min(P.S, j0 + P.chunk) - j0;
-  const float* kh = P.k + b * P.ksb + h * P.ksh + j0 * D;
-  const float* vh = P.v + b * P.vsb + h * P.vsh + j0 * D;
+  const T* kh = static_cast<const T*>(P.k) + b * P.ksb + h * P.ksh + j0 * D;
+  const T* vh = static_cast<const T*>(P.v) + b * P.vsb + h * P.vsh + j0 * D;
   const float* qh = P.q + bh * G * D;
   for (int64_t i = 0; i < G * D; ++i) qs[i] = qh[i] * P.qscale;
   for (int64_t j = 0; j < n; ++j)
@@ -157,35 +162,44 @@ DA_AVX2_INLINE __m256 exp2_avx2(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
+// 8 floats from a cache row: fp32 as they are, fp16 widened exactly (F16C). A partial vector (the
+// `dmask` lanes) is read from fp32 rows only: fp16 rows take this path when D is a multiple of 8.
+DA_AVX2_INLINE __m256 load8(const float* x) { return _mm256_loadu_ps(x); }
+DA_AVX2_INLINE __m256 load8(const c10::Half* x) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+}
+DA_AVX2_INLINE __m256 load8_masked(const float* x, __m256i dmask) { return _mm256_maskload_ps(x, dmask); }
+DA_AVX2_INLINE __m256 load8_masked(const c10::Half* x, __m256i) { return load8(x); }
+
 // Scores of one query (q: DP floats, zero padded) against 8 key rows r[0..7]: D8 = D rounded down to 8;
 // a partial last vector (tail) is read with `dmask`. NV > 0: D = 8 NV known at compile time.
-template <int NV>
-DA_AVX2_INLINE __m256 dot8(const float* q, const float* const* r, int64_t D8, bool tail, __m256i dmask) {
-  const float *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3], *r4 = r[4], *r5 = r[5], *r6 = r[6], *r7 = r[7];
+template <int NV, typename T>
+DA_AVX2_INLINE __m256 dot8(const float* q, const T* const* r, int64_t D8, bool tail, __m256i dmask) {
+  const T *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3], *r4 = r[4], *r5 = r[5], *r6 = r[6], *r7 = r[7];
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
   const int64_t n8 = NV > 0 ? 8 * NV : D8;
 #pragma GCC unroll 16
   for (int64_t d = 0; d < n8; d += 8) {
     const __m256 x = _mm256_loadu_ps(q + d);
-    a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r0 + d), a0);
-    a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r1 + d), a1);
-    a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r2 + d), a2);
-    a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r3 + d), a3);
-    a4 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r4 + d), a4);
-    a5 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r5 + d), a5);
-    a6 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r6 + d), a6);
-    a7 = _mm256_fmadd_ps(x, _mm256_loadu_ps(r7 + d), a7);
+    a0 = _mm256_fmadd_ps(x, load8(r0 + d), a0);
+    a1 = _mm256_fmadd_ps(x, load8(r1 + d), a1);
+    a2 = _mm256_fmadd_ps(x, load8(r2 + d), a2);
+    a3 = _mm256_fmadd_ps(x, load8(r3 + d), a3);
+    a4 = _mm256_fmadd_ps(x, load8(r4 + d), a4);
+    a5 = _mm256_fmadd_ps(x, load8(r5 + d), a5);
+    a6 = _mm256_fmadd_ps(x, load8(r6 + d), a6);
+    a7 = _mm256_fmadd_ps(x, load8(r7 + d), a7);
   }
   if (NV == 0 && tail) {
     const __m256 x = _mm256_loadu_ps(q + D8);
-    a0 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r0 + D8, dmask), a0);
-    a1 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r1 + D8, dmask), a1);
-    a2 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r2 + D8, dmask), a2);
-    a3 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r3 + D8, dmask), a3);
-    a4 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r4 + D8, dmask), a4);
-    a5 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r5 + D8, dmask), a5);
-    a6 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r6 + D8, dmask), a6);
-    a7 = _mm256_fmadd_ps(x, _mm256_maskload_ps(r7 + D8, dmask), a7);
+    a0 = _mm256_fmadd_ps(x, load8_masked(r0 + D8, dmask), a0);
+    a1 = _mm256_fmadd_ps(x, load8_masked(r1 + D8, dmask), a1);
+    a2 = _mm256_fmadd_ps(x, load8_masked(r2 + D8, dmask), a2);
+    a3 = _mm256_fmadd_ps(x, load8_masked(r3 + D8, dmask), a3);
+    a4 = _mm256_fmadd_ps(x, load8_masked(r4 + D8, dmask), a4);
+    a5 = _mm256_fmadd_ps(x, load8_masked(r5 + D8, dmask), a5);
+    a6 = _mm256_fmadd_ps(x, load8_masked(r6 + D8, dmask), a6);
+    a7 = _mm256_fmadd_ps(x, load8_masked(r7 + D8, dmask), a7);
   }
   return reduce8(a0, a1, a2, a3, a4, a5, a6, a7);
 }
@@ -204,8 +218,8 @@ struct LineStream {
 
 // acc[qi, 0:8R] <- alpha[qi] acc[qi, 0:8R] + sum_j p[qi * ps + j] v[j * D + 0:8R] for QB queries (acc rows
 // D apart), the accumulators in registers across the n keys; MASK: the last of the R vectors is partial.
-template <int QB, int R, bool MASK>
-DA_AVX2 void pv_block(const float* p, int64_t ps, const float* v, int64_t D, int64_t n, __m256i dmask,
+template <int QB, int R, bool MASK, typename T>
+DA_AVX2 void pv_block(const float* p, int64_t ps, const T* v, int64_t D, int64_t n, __m256i dmask,
                       const float* alpha, float* acc, LineStream& ahead) {
   __m256 a[QB][R];
 #pragma GCC unroll 8
@@ -219,11 +233,10 @@ DA_AVX2 void pv_block(const float* p, int64_t ps, const float* v, int64_t D, int
   }
   for (int64_t j = 0; j < n; ++j) {
     ahead.step();
-    const float* vr = v + j * D;
+    const T* vr = v + j * D;
     __m256 x[R];
 #pragma GCC unroll 8
-    for (int t = 0; t < R; ++t)
-      x[t] = (MASK && t == R - 1) ? _mm256_maskload_ps(vr + 8 * t, dmask) : _mm256_loadu_ps(vr + 8 * t);
+    for (int t = 0; t < R; ++t) x[t] = (MASK && t == R - 1) ? load8_masked(vr + 8 * t, dmask) : load8(vr + 8 * t);
 #pragma GCC unroll 8
     for (int qi = 0; qi < QB; ++qi) {
       const __m256 w = _mm256_broadcast_ss(p + qi * ps + j);
@@ -244,45 +257,45 @@ DA_AVX2 void pv_block(const float* p, int64_t ps, const float* v, int64_t D, int
 }
 
 // The last `cnt` (< R, or R with a partial last vector) vectors of a row: pv_block with N = cnt.
-template <int QB, int N>
-DA_AVX2 void pv_rest(int cnt, bool tail, const float* p, int64_t ps, const float* v, int64_t D, int64_t n,
+template <int QB, int N, typename T>
+DA_AVX2 void pv_rest(int cnt, bool tail, const float* p, int64_t ps, const T* v, int64_t D, int64_t n,
                      __m256i dmask, const float* alpha, float* acc, LineStream& ahead) {
   if constexpr (N > 0) {
     if (cnt == N) {
       if (tail)
-        pv_block<QB, N, true>(p, ps, v, D, n, dmask, alpha, acc, ahead);
+        pv_block<QB, N, true, T>(p, ps, v, D, n, dmask, alpha, acc, ahead);
       else
-        pv_block<QB, N, false>(p, ps, v, D, n, dmask, alpha, acc, ahead);
+        pv_block<QB, N, false, T>(p, ps, v, D, n, dmask, alpha, acc, ahead);
     } else {
-      pv_rest<QB, N - 1>(cnt, tail, p, ps, v, D, n, dmask, alpha, acc, ahead);
+      pv_rest<QB, N - 1, T>(cnt, tail, p, ps, v, D, n, dmask, alpha, acc, ahead);
     }
   }
 }
 
 // All D columns of QB queries: blocks of R full vectors, then the rest. `ahead`: lines to prefetch,
 // spread over the keys of every D slice.
-template <int QB, int R>
-DA_AVX2 void pv_rows(const float* p, int64_t ps, const float* v, int64_t D, int64_t n, __m256i dmask,
+template <int QB, int R, typename T>
+DA_AVX2 void pv_rows(const float* p, int64_t ps, const T* v, int64_t D, int64_t n, __m256i dmask,
                      const float* alpha, float* acc, LineStream& ahead) {
   const int64_t slices = (D + 8 * R - 1) / (8 * R);
   ahead.per = std::max<int64_t>(1, (ahead.lines + slices * n - 1) / (slices * n));
   int64_t d = 0;
-  for (; d + 8 * R <= D; d += 8 * R) pv_block<QB, R, false>(p, ps, v + d, D, n, dmask, alpha, acc + d, ahead);
+  for (; d + 8 * R <= D; d += 8 * R) pv_block<QB, R, false, T>(p, ps, v + d, D, n, dmask, alpha, acc + d, ahead);
   const int64_t left = D - d;  // < 8R
   if (left > 0)
-    pv_rest<QB, R>(static_cast<int>((left + 7) / 8), left % 8 != 0, p, ps, v + d, D, n, dmask, alpha, acc + d,
+    pv_rest<QB, R, T>(static_cast<int>((left + 7) / 8), left % 8 != 0, p, ps, v + d, D, n, dmask, alpha, acc + d,
                    ahead);
 }
 
 // One item; qs [G, DP] scaled queries, p [G, BK] block scores/weights, al [G] rescale factors (thread
 // scratch). NV > 0: D = 8 NV.
-template <int NV>
+template <int NV, typename T>
 DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, float* al) {
   const int64_t G = P.G, D = P.D, DP = P.DP, BK = P.BK;
   const int64_t bh = w / P.C, c = w % P.C, b = bh / P.H, h = bh % P.H;
   const int64_t j0 = c * P.chunk, n = std::min(P.S, j0 + P.chunk) - j0;
-  const float* kh = P.k + b * P.ksb + h * P.ksh + j0 * D;
-  const float* vh = P.v + b * P.vsb + h * P.vsh + j0 * D;
+  const T* kh = static_cast<const T*>(P.k) + b * P.ksb + h * P.ksh + j0 * D;
+  const T* vh = static_cast<const T*>(P.v) + b * P.vsb + h * P.vsh + j0 * D;
   const float* qh = P.q + bh * G * D;
   const int64_t D8 = D & ~int64_t(7);
   const bool tail = D != D8;
@@ -298,18 +311,18 @@ DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, fl
 
   for (int64_t b0 = 0; b0 < n; b0 += BK) {  // blocks of BK keys, online softmax across them
     const int64_t nb = std::min(BK, n - b0);
-    const float* kb = kh + b0 * D;
-    const float* vb = vh + b0 * D;
+    const T* kb = kh + b0 * D;
+    const T* vb = vh + b0 * D;
     // 1. scores, 8 keys at a time (past nb: the last row again, score -inf)
     for (int64_t jb = 0; jb < nb; jb += 8) {
-      const float* r[8];
+      const T* r[8];
       for (int t = 0; t < 8; ++t) r[t] = kb + std::min(jb + t, nb - 1) * D;
       const bool partial = jb + 8 > nb;
       const char* ahead = reinterpret_cast<const char*>(kb + (BK + jb) * D);  // the next block's 8 rows
-      for (int64_t o = 0; o < 32 * D; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+      for (int64_t o = 0; o < 8 * D * int64_t(sizeof(T)); o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
       const __m256 valid = _mm256_castsi256_ps(lanes_below(nb - jb));
       for (int64_t i = 0; i < G; ++i) {
-        __m256 s = dot8<NV>(qs + i * DP, r, D8, tail, dmask);
+        __m256 s = dot8<NV, T>(qs + i * DP, r, D8, tail, dmask);
         if (partial) s = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s, valid);
         _mm256_storeu_ps(p + i * BK + jb, s);
       }
@@ -334,22 +347,23 @@ DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, fl
     }
     // 3. acc = al acc + p V, queries in blocks of 4 (then 3, 2, 1), the next block's value rows prefetched
     const int64_t next_rows = std::min(BK, n - b0 - nb);
-    LineStream values{reinterpret_cast<const char*>(vb + nb * D), (next_rows * D * 4 + 63) / 64, 1};
+    LineStream values{reinterpret_cast<const char*>(vb + nb * D), (next_rows * D * int64_t(sizeof(T)) + 63) / 64, 1};
     int64_t i = 0;
-    for (; i + 4 <= G; i += 4) pv_rows<4, 2>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
-    if (G - i == 3) pv_rows<3, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
-    if (G - i == 2) pv_rows<2, 4>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
-    if (G - i == 1) pv_rows<1, 8>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
+    for (; i + 4 <= G; i += 4) pv_rows<4, 2, T>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
+    if (G - i == 3) pv_rows<3, 4, T>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
+    if (G - i == 2) pv_rows<2, 4, T>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
+    if (G - i == 1) pv_rows<1, 8, T>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
   }
 }
 
+template <typename T>
 DA_AVX2 void item_avx2(const Problem& P, int64_t w, float* qs, float* p, float* al) {
   if (P.D == 64)
-    item_avx2_impl<8>(P, w, qs, p, al);
+    item_avx2_impl<8, T>(P, w, qs, p, al);
   else if (P.D == 128)
-    item_avx2_impl<16>(P, w, qs, p, al);
+    item_avx2_impl<16, T>(P, w, qs, p, al);
   else
-    item_avx2_impl<0>(P, w, qs, p, al);
+    item_avx2_impl<0, T>(P, w, qs, p, al);
 }
 
 DA_AVX2 void axpy_avx2(float w, const float* x, float* y, int64_t d) {
@@ -377,8 +391,10 @@ int64_t chunk_count(int64_t S, int64_t chunk, int64_t BH, int64_t T) {
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t chunk,
                                bool use_avx2) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
-              "fp32 only");
+  const bool half = k.scalar_type() == at::kHalf;
+  TORCH_CHECK(q.scalar_type() == at::kFloat && (k.scalar_type() == at::kFloat || half) &&
+                  v.scalar_type() == k.scalar_type(),
+              "q must be fp32, and k and v both fp32 or both fp16");
   TORCH_CHECK(q.is_contiguous(), "q must be contiguous: [B, Hkv, g, D] or [B, H, 1, D]");
   const int64_t B = q.size(0), H = k.size(1), D = q.size(3), S = k.size(2);
   TORCH_CHECK(H > 0 && (q.size(1) * q.size(2)) % H == 0, "query heads must be a multiple of the KV heads");
@@ -387,7 +403,8 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D && v.stride(3) == 1 && v.stride(2) == D,
               "k and v need contiguous rows of D");
   TORCH_CHECK(S > 0 && chunk > 0 && D > 0, "need keys, a positive chunk and D");
-  use_avx2 = use_avx2 && latentlm::has_avx2();
+  // fp16 rows: AVX2 needs F16C, and D a multiple of 8 (no masked 16-bit loads)
+  use_avx2 = use_avx2 && latentlm::has_avx2() && (!half || (latentlm::has_f16c() && D % 8 == 0));
   const int64_t C0 = chunk_count(S, chunk, B * H, at::get_num_threads());
   chunk = round8((S + C0 - 1) / C0);  // equal chunks of a multiple of 8 keys (the last one may be shorter)
   const int64_t C = (S + chunk - 1) / chunk, items = B * H * C;
@@ -396,7 +413,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   auto out = torch::empty_like(q);
   const int64_t BK = std::clamp<int64_t>(kBlockBytes / (4 * D) & ~int64_t(7), 8, 256);  // 64 at D=64
   Problem P{H, G, D, S, chunk, C, round8(D), round8(chunk), BK,
-            q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+            q.data_ptr<float>(), k.data_ptr(), v.data_ptr(),
             k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             static_cast<float>(scale * kLog2e), nullptr, nullptr, nullptr};
   P.acc = partial.data_ptr<float>();
@@ -410,14 +427,14 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
     float* p = al + G;
     for (int64_t w = lo; w < hi; ++w) {
       if (use_avx2)
-        item_avx2(P, w, qs, p, al);
+        half ? item_avx2<c10::Half>(P, w, qs, p, al) : item_avx2<float>(P, w, qs, p, al);
       else
-        item_scalar(P, w, qs, p);
+        half ? item_scalar<c10::Half>(P, w, qs, p) : item_scalar<float>(P, w, qs, p);
     }
   });
 
   // merge the chunks of each (b, h, query); small merges run on one thread
-  auto axpy = use_avx2 ? axpy_avx2 : axpy_scalar;
+  auto axpy = use_avx2 ? axpy_avx2 : axpy_scalar<float>;
   float* op = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, 32768 / (C * D + 1));
   at::parallel_for(0, B * H * G, grain, [&](int64_t lo, int64_t hi) {
@@ -442,6 +459,6 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "one decoding step of grouped attention, fp32");
+  m.def("decode_attention", &decode_attention, "one decoding step of grouped attention, fp32 (cache fp32 or fp16)");
   m.def("supports_avx2", &latentlm::has_avx2);
 }

@@ -92,7 +92,8 @@ class KVBuffer:
     def _writable(self, new: Tensor, n: int) -> bool:
         """May positions length..n-1 be written into this storage in place?"""
         frozen = self._k.is_inference() and not torch.is_inference_mode_enabled()  # inference tensors are read-only
-        return (self._mark.filled == self.length and n <= self.capacity and new.dtype == self._k.dtype
+        exact = torch.promote_types(self._k.dtype, new.dtype) == self._k.dtype  # e.g. fp16 into fp32 storage
+        return (self._mark.filled == self.length and n <= self.capacity and exact
                 and new.device == self._k.device and not frozen)
 
     def _fresh_storage(self, store: Tensor, new: Tensor, n: int) -> Tensor:

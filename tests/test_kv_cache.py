@@ -43,6 +43,20 @@ def test_append_in_place_reuses_storage_while_capacity_lasts():
     assert torch.equal(buf.keys, torch.cat(ks, 2)) and torch.equal(buf.values, torch.cat(vs, 2))
 
 
+def test_lower_precision_appends_stay_in_place():
+    """fp16 positions (YOCO's fp16 global KV, decoding from a state an fp32 forward made) go into fp32
+    storage in place and exactly; fp32 into fp16 storage would round, so it grows into fp32 storage."""
+    buf = KVBuffer.from_tensors(*kv(5)).append(*kv(1, seed=1))
+    ptr = buf.keys.data_ptr()
+    k, v = (x.half() for x in kv(1, seed=2))
+    out = buf.append(k, v)
+    assert out.keys.data_ptr() == ptr and out.keys.dtype == torch.float32
+    assert torch.equal(out.keys[:, :, -1:], k.float()) and torch.equal(out.values[:, :, -1:], v.float())
+    half = KVBuffer.from_tensors(*(x.half() for x in kv(5))).append(*(x.half() for x in kv(1, seed=1)))
+    wide = half.append(*kv(1, seed=2))
+    assert wide.keys.dtype == torch.float32 and torch.equal(wide.keys[:, :, -1:], kv(1, seed=2)[0])
+
+
 def test_growth_copies_correctly():
     k0, v0 = kv(250)
     buf = KVBuffer.from_tensors(k0, v0).append(*kv(3, seed=1))  # 253 of 512

@@ -10,8 +10,8 @@ through every phase (grouped queries, with more compute per byte, streamed at ha
 before); a second pass merges the chunks by their maxima.
 The cache is streamed once per call, from any view whose rows are contiguous (a KV buffer with spare
 room is one): q fp32, the cache fp32 or fp16 (YOCO's half-precision global KV: each row widened exactly
-as it is read, F16C on AVX2, so the kernel does the same fp32 arithmetic on half the bytes). Built on first use (`latentlm.kernels.cpp_build`); AVX2+FMA where the CPU has
-it, else scalar loops.
+as it is read, F16C on AVX2, so the kernel does the same fp32 arithmetic on half the bytes). Built on
+first use (`latentlm.kernels.cpp_build`); AVX2+FMA where the CPU has it, else scalar loops.
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def _fits(q: Tensor, k: Tensor, v: Tensor) -> bool:
 
 def decode_attention_cpp(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, avx2: bool = True) -> Tensor:
     """Same arguments and result as `decode_attention_reference`; inputs the kernel does not take
-    (q not fp32, a cache neither fp32 nor fp16, rows not contiguous, an autograd graph to record, a cache below MIN_CACHE_BYTES) go to
-    the reference. avx2=False forces the scalar loops."""
+    (q not fp32, a cache neither fp32 nor fp16, rows not contiguous, an autograd graph to record, a
+    cache below MIN_CACHE_BYTES) go to the reference. avx2=False forces the scalar loops."""
     ext = EXTENSION.get()
     if ext is None or not _fits(q, k, v):
         return decode_attention_reference(q, k, v, scale)

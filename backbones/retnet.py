@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.kv_cache import any_padding
 from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 import latentlm.kernels.retention_step  # noqa: F401  (registers the retention_step implementations)
 import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
@@ -175,6 +176,8 @@ class RetNet(nn.Module):
         form = form or self.choose_form(t, state)
         if form not in ("parallel", "chunk", "recurrent"):
             raise ValueError(f"form must be 'parallel', 'chunk' or 'recurrent', got {form!r}")
+        if form == "recurrent" and t == 1 and not any_padding(valid):
+            valid = None  # masks nothing; without it the step takes the fused op
         start = state.offset if state is not None else 0
         cos, sin = rotary_angles(torch.arange(start, start + t, device=h.device), cfg.head_dim, cfg.rope_theta)
         log_decay = retnet_log_decay(cfg.n_heads, h.device)

@@ -263,12 +263,15 @@ class YOCO(nn.Module):
         new_valid = valid if valid is not None else torch.ones(b, t, dtype=torch.bool, device=h.device)
         all_valid = new_valid if state is None else torch.cat([state.valid, new_valid], dim=1)  # [B, S]
         plain = state is None and valid is None
-        padded = (state is not None and state.padded) or any_padding(valid)
+        new_padding = any_padding(valid)
+        padded = (state is not None and state.padded) or new_padding
         cos, sin = rotary_angles(torch.arange(start, start + t, device=h.device), cfg.head_dim, cfg.rope_theta)
 
         # Self-decoder.
         if cfg.self_decoder == "gated_retention":
-            aux = valid  # only the new positions matter: the past lives in the recurrent state
+            # only the new positions matter (the past lives in the recurrent state); an all-True `valid`
+            # masks nothing, and without it a decoding step takes the fused op
+            aux = valid if new_padding else None
         else:
             past_len = min(start, cfg.window)
             aux = None if plain and t <= cfg.window else window_mask(all_valid[:, start - past_len:], t, cfg.window)

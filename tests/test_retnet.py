@@ -1,12 +1,15 @@
-"""RetNet: parallel == chunkwise == prefill + recurrent decoding; left padding; constant-size state."""
+"""RetNet: parallel == chunkwise == prefill + recurrent decoding; left padding; constant-size state; the
+fused decoding step (also YOCO's) taken whenever nothing is masked."""
 import math
 
 import pytest
 import torch
 
+from latentlm.backbones import build_backbone
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import apply_rotary, rotary_angles
 from latentlm.backbones.retnet import PARALLEL_MAX_CHUNKS, RetNet, retnet_log_decay
+from latentlm.kernels import dispatch
 
 B, T, D, H, L, C = 2, 13, 32, 4, 2, 4  # T=13 is not a multiple of chunk_size=4
 TOL = 1e-4
@@ -172,3 +175,23 @@ def test_ternary_and_relu2_variants_run():
 def test_bad_form(model):
     with pytest.raises(ValueError, match="form"):
         model(torch.randn(1, 2, D), form="flash")
+
+
+@pytest.mark.parametrize("kind", ["retnet", "yoco"])
+def test_decoding_with_an_all_true_valid_takes_the_fused_step(kind, monkeypatch):
+    """RetNet and YOCO's self-decoder: a one-token step given valid=all True masks nothing, so it equals
+    the step without `valid` and runs the fused recurrent op, not the op-by-op path kept for padding."""
+
+    torch.manual_seed(0)
+    model = build_backbone(BackboneConfig(kind=kind, d_model=D, n_layers=2, n_heads=H, chunk_size=4)).eval()
+    chosen, real = [], dispatch.choose
+    monkeypatch.setattr(dispatch, "choose", lambda op, device: chosen.append(op) or real(op, device))
+    step_op = "retention_step" if kind == "retnet" else "gated_retention_step"
+    x = torch.randn(B, 6, D)
+    with torch.no_grad():
+        _, state = model(x[:, :5])
+        plain, _ = model(x[:, 5:], state)
+        chosen.clear()
+        given, _ = model(x[:, 5:], state, valid=torch.ones(B, 1, dtype=torch.bool))
+    assert step_op in chosen
+    assert torch.equal(given, plain)

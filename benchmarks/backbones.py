@@ -8,6 +8,7 @@ tokens through a 12-layer Transformer would take minutes on a 2-core CPU and cha
 
     .venv/bin/python benchmarks/backbones.py                     # full sizes, writes BENCHMARKS.md
     .venv/bin/python benchmarks/backbones.py --quick             # small sizes, prints only
+    .venv/bin/python benchmarks/backbones.py --device cuda       # the decode tables on a GPU (own section)
 """
 from __future__ import annotations
 
@@ -57,20 +58,20 @@ def fastest_in_turns(fns: dict, rounds: int = 5) -> dict:
     return best
 
 
-def random_state(model, kind: str, config: BackboneConfig, context: int, batch: int = 1):
-    """A state of `context` past positions, filled with random values; KV caches have
+def random_state(model, kind: str, config: BackboneConfig, context: int, batch: int = 1, device="cpu"):
+    """A state of `context` past positions on `device`, filled with random values; KV caches have
     `config.kv_heads` heads (YOCO's global KV stored in `config.kv_dtype`)."""
     h, hkv, dh, n = config.n_heads, config.kv_heads, config.head_dim, config.n_layers
-    kv = lambda: torch.randn(batch, hkv, context, dh)  # noqa: E731
-    valid = torch.ones(batch, context, dtype=torch.bool)
+    kv = lambda: torch.randn(batch, hkv, context, dh, device=device)  # noqa: E731
+    square = lambda: torch.randn(batch, h, dh, dh, device=device)  # noqa: E731  (a recurrent state)
+    valid = torch.ones(batch, context, dtype=torch.bool, device=device)
     if kind in ("transformer", "longnet"):
         return KVCache.from_tensors([kv() for _ in range(n)], [kv() for _ in range(n)], valid)
     if kind == "retnet":
-        return RetNetState([torch.randn(batch, h, dh, dh) for _ in range(n)], context)
+        return RetNetState([square() for _ in range(n)], context)
     if kind == "yoco":
         dtype = getattr(torch, config.kv_dtype)
-        return YOCOState.from_tensors([torch.randn(batch, h, dh, dh) for _ in range(n // 2)], kv().to(dtype),
-                                      kv().to(dtype), valid)
+        return YOCOState.from_tensors([square() for _ in range(n // 2)], kv().to(dtype), kv().to(dtype), valid)
     raise ValueError(kind)
 
 
@@ -88,6 +89,12 @@ def kernels(use: bool):
             os.environ["LATENTLM_KERNELS"] = before
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 DECODE_ROUNDS = 9  # rounds of the decode tables; a noisy round on this shared machine adds ~1 ms at batch 1
 
 
@@ -100,19 +107,23 @@ def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_
     The first token after a prefill copies the KV cache once into a buffer with spare room (later
     tokens are written in place); that one step is the warm-up and is not timed. The cases take
     turns, `rounds` times, each continuing its own sequence by `steps` tokens; the fastest round
-    counts (the machine is shared, and noise only ever adds time)."""
+    counts (the machine is shared, and noise only ever adds time). Each case runs on its model's
+    device (on a GPU, the clock reads after a synchronize)."""
     states, best = {}, {}
     for key, (model, config, context, *use) in cases.items():
-        x = torch.randn(batch, 1, config.d_model)
+        device = next(model.parameters()).device
+        x = torch.randn(batch, 1, config.d_model, device=device)
         with kernels(use[0] if use else True):
-            states[key] = (x, model(x, random_state(model, config.kind, config, context, batch))[1])
+            states[key] = (x, model(x, random_state(model, config.kind, config, context, batch, device))[1])
     for _ in range(rounds):
         for key, (model, _, _, *use) in cases.items():
             x, s = states[key]
             with kernels(use[0] if use else True):
+                synchronize(x.device)
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     _, s = model(x, s)
+                synchronize(x.device)
                 best[key] = min(best.get(key, float("inf")), (time.perf_counter() - t0) / steps)
             states[key] = (x, s)
     return {key: 1e3 * t for key, t in best.items()}
@@ -123,7 +134,7 @@ def yoco_name(heads: int, kv_heads: int, kv_dtype: str) -> str:
 
 
 def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: list[tuple[int, str]],
-                   batch: int = 1) -> tuple[str, dict]:
+                   batch: int = 1, device: str = "cpu") -> tuple[str, dict]:
     """Decode cost (and, at batch 1, state memory) of a Transformer, RetNet and YOCO of one size; one
     YOCO column per entry (KV heads of its global KV, grouped-query attention; the cache's kv_dtype) of
     `yoco`."""
@@ -132,7 +143,7 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: l
         name = kind if kind != "yoco" else yoco_name(heads, kv, kv_dtype)
         config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, kv_dtype=kv_dtype)
         torch.manual_seed(0)
-        models[name] = (build_backbone(config).eval(), config)
+        models[name] = (build_backbone(config).to(device).eval(), config)
     params = {k: sum(p.numel() for p in m.parameters()) for k, (m, _) in models.items()}
     cases = {(k, c): (m, cfg, c) for k, (m, cfg) in models.items() for c in contexts}
     by_case = decode_ms(cases, batch)
@@ -144,6 +155,7 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: l
     speedup = ms["transformer"][hi] / ms["retnet"][hi]
     yocos = [k for k in models if k.startswith("YOCO")]
     text = (f"### Decode step (ms), batch {batch}, d={d}, {layers} layers, {heads} heads, fp32"
+            + (f", on {device}" if device != "cpu" else "")
             + (" (fp16 KV: YOCO's global KV cache stored in fp16, `kv_dtype=\"float16\"`)" if any(
                 "fp16" in k for k in yocos) else "") + "\n\n"
             + table(["context", "Transformer (KV cache)", "RetNet"] + [f"{k} (heads/KV heads)" for k in yocos], rows)
@@ -222,13 +234,13 @@ def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_
 
 
 @torch.no_grad()
-def preset_decode_section(name: str, contexts: list[int]) -> str:
+def preset_decode_section(name: str, contexts: list[int], device: str = "cpu") -> str:
     """Decode flatness of a published-size preset (random weights: decode cost does not depend on them),
     with its global KV cache in fp32 and, same weights, in fp16 (YOCO's `kv_dtype`), side by side."""
     config = preset(name)
     with torch.device("meta"):
         model = build_backbone(config)
-    model = model.to_empty(device="cpu").eval()
+    model = model.to_empty(device=device).eval()
     for p in model.parameters():
         p.normal_(0.0, 0.02)
     n_params = sum(p.numel() for p in model.parameters())
@@ -244,7 +256,7 @@ def preset_decode_section(name: str, contexts: list[int]) -> str:
     flat = {v: ms[v, hi] / ms[v, lo] for v in names}
     kv = f"{config.n_heads} heads / {config.kv_heads} KV heads"
     return (f"### Decode step of the preset `{name}` ({n_params / 1e9:.2f}B parameters, d={config.d_model}, "
-            f"{config.n_layers} layers, {kv}), batch 1, fp32\n\n"
+            f"{config.n_layers} layers, {kv}), batch 1, fp32" + (f", on {device}" if device != "cpu" else "") + "\n\n"
             + table(["context"] + [f"ms / token, {v} cache" for v in flat],
                     [[f"{c:,}"] + [f"{ms[v, c]:.0f}" if ms[v, c] >= 100 else f"{ms[v, c]:.2f}" for v in flat]
                      for c in contexts])
@@ -507,7 +519,24 @@ def peer_section(d: int, layers: int, heads: int, lengths: list[int], prefill: i
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes; print, do not write BENCHMARKS.md")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: only the decode tables, on the GPU, into their own BENCHMARKS.md section")
     args = ap.parse_args()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA GPU here (torch.cuda.is_available() is False)")
+        contexts = [1024, 16384] if args.quick else [1024, 4096, 16384]
+        size = (64, 4, 2) if args.quick else (256, 12, 4)
+        yocos = [(4 if not args.quick else 2, "float32"), (1, "float32"), (1, "float16")]
+        parts = [decode_section(*size, contexts, yocos, device="cuda")[0],
+                 decode_section(*size, contexts, [(1, "float32")], batch=8, device="cuda")[0]]
+        if not args.quick:
+            parts.append(preset_decode_section("yoco-3b", [1024, 16384], device="cuda"))
+        body = f"## Backbones on a GPU (issue 3)\n\nMachine: {machine()}.\n\n" + "\n\n".join(parts)
+        print(body)
+        if not args.quick:
+            write_section("backbones-gpu", body)
+        return
     if args.quick:
         parts = [decode_section(64, 4, 2, [256, 1024], [(2, "float32"), (1, "float32"), (1, "float16")])[0],
                  decode_section(64, 4, 2, [256, 1024], [(1, "float32")], batch=4)[0],

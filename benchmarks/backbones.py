@@ -186,7 +186,7 @@ def kernels_section(d: int, layers: int, heads: int, contexts: list[int], yoco_k
     PyTorch reference (LATENTLM_KERNELS=reference), side by side: what the kernels are worth."""
     models = {}
     for kind, kv in [("transformer", None), ("retnet", None), ("yoco", yoco_kv_heads)]:
-        name = kind if kind != "yoco" else f"YOCO {heads}/{kv}"
+        name = kind if kind != "yoco" else yoco_name(heads, kv, "float32")
         config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv)
         torch.manual_seed(0)
         models[name] = (build_backbone(config).eval(), config)

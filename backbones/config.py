@@ -19,6 +19,11 @@ class BackboneConfig(BaseModel):
     # Grouped-query attention: key/value heads, each shared by n_heads // n_kv_heads query heads (None:
     # n_heads, plain multi-head attention). Transformer, BitNet and YOCO's global KV only.
     n_kv_heads: int | None = Field(None, ge=1)
+    # Storage of the KV cache (Transformer, BitNet; YOCO's global KV). "float16" rounds the keys and values
+    # to fp16 in every forward (gradients pass straight through) and caches them so: half the state and
+    # half the bytes each decoded token reads, and decoding still equals the full forward, which sees the
+    # same rounded values.
+    kv_dtype: Literal["float32", "float16"] = "float32"
     ffn_mult: float = Field(8 / 3, gt=0)  # GLU hidden = ffn_mult * d_model, rounded to 8
     ffn_act: Literal["swiglu", "relu2"] = "swiglu"  # relu2: squared-ReLU GLU (BitNet b1.58)
     rope_theta: float = Field(10_000.0, gt=0)
@@ -30,10 +35,6 @@ class BackboneConfig(BaseModel):
     # YOCO: the self-decoder's token mixer, and its window when sliding-window attention is chosen.
     self_decoder: Literal["gated_retention", "sliding_window"] = "gated_retention"
     window: int = Field(1024, ge=1)
-    # YOCO: storage of the global KV cache. "float16" rounds the keys and values to fp16 in every forward
-    # (gradients pass straight through) and caches them so: half the state and half the bytes each decoded
-    # token reads, and decoding still equals the full forward, which sees the same rounded values.
-    kv_dtype: Literal["float32", "float16"] = "float32"
     # LongNet: geometric segment lengths w_i and dilation rates r_i, one pair per pattern.
     segment_lengths: list[int] = Field(default_factory=lambda: [2048, 4096, 8192, 16384])
     dilation_rates: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
@@ -52,9 +53,9 @@ class BackboneConfig(BaseModel):
             if self.n_heads % self.n_kv_heads:
                 raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} "
                                  "(each KV head serves the same number of query heads)")
-        if self.kv_dtype != "float32" and self.kind != "yoco":
-            raise ValueError(f"kv_dtype={self.kv_dtype!r} applies to YOCO's global KV cache only; kind {self.kind!r} "
-                             "caches in float32: leave kv_dtype unset")
+        if self.kv_dtype != "float32" and self.kind not in GQA_KINDS:
+            raise ValueError(f"kv_dtype={self.kv_dtype!r} applies to the KV caches of {', '.join(GQA_KINDS[:-1])} and "
+                             f"{GQA_KINDS[-1]}; kind {self.kind!r} keeps its state in float32: leave kv_dtype unset")
         if len(self.segment_lengths) != len(self.dilation_rates) or not self.segment_lengths:
             raise ValueError("segment_lengths and dilation_rates need one entry per pattern, equally many")
         return self

@@ -36,6 +36,23 @@ def any_padding(valid: Tensor | None) -> bool:
     return valid is not None and not bool(valid.all())
 
 
+def cache_rounded(x: Tensor, kv_dtype: str) -> Tensor:
+    """Keys or values [B, Hkv, T, Dh] as a cache of `kv_dtype` holds them (`BackboneConfig.kv_dtype`).
+
+    float16: without autograd, the fp16 tensor itself (what the cache stores and the decode kernel
+    reads); with autograd, x's dtype holding the fp16-rounded values, gradients passed straight through
+    (an fp16 backward would underflow small gradients). Either way attention sees the same numbers, so
+    decoding equals the parallel forward; only a value that two code paths compute an fp32 ulp apart
+    can round to neighbouring fp16 values (<= 5e-5 relative in the outputs, tests/test_transformer.py).
+    """
+    if kv_dtype == "float32":
+        return x
+    half = x.to(torch.float16)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return half
+    return x + (half.to(x.dtype) - x).detach()
+
+
 class _Mark:
     """How many positions of one storage are filled; shared by every buffer on that storage."""
 

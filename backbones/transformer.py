@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
+from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding, cache_rounded
 from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
 from latentlm.kernels import dispatch
@@ -63,6 +63,7 @@ class Attention(nn.Module):
         h, hkv, dh = self.config.n_heads, self.config.kv_heads, self.config.head_dim
         # split into heads, q and k rotated, in one op (C++ on CPU): q [B, H, T, Dh], k and v [B, Hkv, T, Dh]
         q, k, v = dispatch.choose("rotary_heads", x.device).fn(self.qkv(x), cos, sin, h, hkv)
+        k, v = cache_rounded(k, self.config.kv_dtype), cache_rounded(v, self.config.kv_dtype)
         kv = KVBuffer.from_tensors(k, v) if past is None else past.append(k, v)
         y = attend(q, kv.keys, kv.values, mask, causal)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(b, t, h * dh)  # [B, T, D]

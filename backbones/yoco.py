@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from latentlm.backbones.attention import attend
 from latentlm.backbones.config import BackboneConfig
-from latentlm.backbones.kv_cache import KVBuffer, any_padding
+from latentlm.backbones.kv_cache import KVBuffer, any_padding, cache_rounded
 from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.transformer import attention_mask_for
 import latentlm.kernels.gated_retention_step  # noqa: F401  (registers the gated_retention_step implementations)
@@ -97,21 +97,6 @@ def window_mask(valid: Tensor, q_len: int, window: int) -> Tensor:
     k_pos = torch.arange(s, device=valid.device)[None, :]
     band = (k_pos <= q_pos) & (k_pos > q_pos - window)  # [Tq, S]
     return ((band[None] & valid[:, None, :]) | (k_pos == q_pos)[None])[:, None]
-
-
-def cache_rounded(x: Tensor, kv_dtype: str) -> Tensor:
-    """Global keys or values [B, Hkv, T, Dh] as the cache holds them (`BackboneConfig.kv_dtype`).
-
-    float16: without autograd, the fp16 tensor itself (what the cache stores and the decode kernel
-    reads); with autograd, x's dtype holding the fp16-rounded values, gradients passed straight through
-    (an fp16 backward would underflow small gradients). Either way attention sees the same numbers.
-    """
-    if kv_dtype == "float32":
-        return x
-    half = x.to(torch.float16)
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return half
-    return x + (half.to(x.dtype) - x).detach()
 
 
 class GatedRetention(nn.Module):

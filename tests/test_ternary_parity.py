@@ -26,12 +26,14 @@ CASES = [
     ("yoco", {"chunk_size": 4, "early_exit": True}),
     ("longnet", {"segment_lengths": [4, 8], "dilation_rates": [1, 2]}),
     ("bitnet", {}),
+    ("bitnet", {"kv_dtype": "float16"}),
+    ("yoco", {"chunk_size": 4, "kv_dtype": "float16"}),
 ]
 
 
 def case_id(kind: str, extra: dict) -> str:
     tags = [kind, extra.get("self_decoder", ""), "early-exit" if extra.get("early_exit") else "",
-            f"kv_heads={extra['n_kv_heads']}" if "n_kv_heads" in extra else ""]
+            f"kv_heads={extra['n_kv_heads']}" if "n_kv_heads" in extra else "", extra.get("kv_dtype", "")]
     return "-".join(t for t in tags if t)
 
 

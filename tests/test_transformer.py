@@ -4,11 +4,14 @@ import torch
 from latentlm.backbones import BackboneConfig, build_backbone
 
 
-@pytest.fixture(scope="module", params=[None, 2, 1], ids=lambda n: f"kv_heads={n or 4}")
+@pytest.fixture(scope="module", params=[(None, "float32"), (2, "float32"), (1, "float32"), (2, "float16")],
+                ids=lambda p: f"kv_heads={p[0] or 4}-{p[1]}")
 def backbone(request):
-    """Multi-head attention, and grouped-query attention with 2 and 1 KV heads."""
+    """Multi-head attention, grouped-query attention with 2 and 1 KV heads, and an fp16 KV cache."""
     torch.manual_seed(0)
-    return build_backbone(BackboneConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=request.param)).eval()
+    n_kv_heads, kv_dtype = request.param
+    return build_backbone(BackboneConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads,
+                                         kv_dtype=kv_dtype)).eval()
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "left-padding"])
@@ -20,16 +23,18 @@ def test_prefill_then_decode_equals_parallel(backbone, prefill, padded):
         valid = torch.ones(3, 13, dtype=torch.bool)
         valid[1, :4] = False
         valid[2, :7] = False
-    full, _ = backbone(x, valid=valid)
-    y, state = backbone(x[:, :prefill], valid=None if valid is None else valid[:, :prefill])
-    outs = [y]
-    for i in range(prefill, 13):  # a row may still be in its padding after a short prefill
-        y, state = backbone(x[:, i:i + 1], state, valid=None if valid is None else valid[:, i:i + 1])
-        outs.append(y)
+    with torch.no_grad():
+        full, _ = backbone(x, valid=valid)
+        y, state = backbone(x[:, :prefill], valid=None if valid is None else valid[:, :prefill])
+        outs = [y]
+        for i in range(prefill, 13):  # a row may still be in its padding after a short prefill
+            y, state = backbone(x[:, i:i + 1], state, valid=None if valid is None else valid[:, i:i + 1])
+            outs.append(y)
     rel = (torch.cat(outs, 1) - full).abs().max() / full.abs().max()
     assert rel <= 1e-4
-    hkv = backbone.config.kv_heads
-    assert backbone.state_nbytes(state) == 2 * 2 * 3 * hkv * 13 * 16 * 4  # layers*(k,v)*B*Hkv*T*Dh*fp32
+    hkv, size = backbone.config.kv_heads, getattr(torch, backbone.config.kv_dtype).itemsize
+    assert state.keys[0].dtype == getattr(torch, backbone.config.kv_dtype)
+    assert backbone.state_nbytes(state) == 2 * 2 * 3 * hkv * 13 * 16 * size  # layers*(k,v)*B*Hkv*T*Dh*bytes
 
 
 def test_left_padding_is_invisible(backbone):
@@ -38,14 +43,17 @@ def test_left_padding_is_invisible(backbone):
     valid[1, :4] = False
     padded = x.clone()
     padded[1, :4] = 1e3  # garbage that must not leak
+    # an fp16 cache: keys the two batch shapes compute an fp32 ulp apart may round to neighbouring fp16
+    # values (measured over 40 seeds: <= 5e-5 relative)
+    atol = 1e-5 if backbone.config.kv_dtype == "float32" else 1e-4
     out, state = backbone(padded, valid=valid)
     ref, _ = backbone(x[1:, 4:])
-    assert torch.allclose(out[1, 4:], ref[0], atol=1e-5)
+    assert torch.allclose(out[1, 4:], ref[0], atol=atol)
     # and decoding continues correctly after a padded prefill
     nxt = torch.randn(2, 1, 64)
     step, _ = backbone(nxt, state)
     ref_step, _ = backbone(torch.cat([x[1:, 4:], nxt[1:]], 1))
-    assert torch.allclose(step[1, 0], ref_step[0, -1], atol=1e-5)
+    assert torch.allclose(step[1, 0], ref_step[0, -1], atol=atol)
     assert torch.isfinite(out).all()
 
 
@@ -64,6 +72,9 @@ def test_config_errors():
     for kind in ("transformer", "bitnet", "yoco"):
         assert BackboneConfig(kind=kind, n_heads=4, n_kv_heads=2).kv_heads == 2
     assert BackboneConfig(n_heads=4).kv_heads == 4
+    for kind in ("retnet", "longnet"):
+        with pytest.raises(ValueError, match="kv_dtype='float16' applies to the KV caches of transformer, bitnet and yoco"):
+            BackboneConfig(kind=kind, kv_dtype="float16")
 
 
 @pytest.mark.parametrize("kind", ["transformer", "retnet", "yoco", "longnet", "bitnet"])

@@ -235,8 +235,3 @@ def test_fp16_global_kv_trains_with_fp32_gradients():
     out.pow(2).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.kv.weight.grad.abs().max() > 0
-
-
-def test_kv_dtype_is_for_yoco_only():
-    with pytest.raises(ValueError, match="kv_dtype"):
-        BackboneConfig(kind="transformer", kv_dtype="float16")

@@ -60,9 +60,10 @@ def fastest_in_turns(fns: dict, rounds: int = 5) -> dict:
 
 def random_state(model, kind: str, config: BackboneConfig, context: int, batch: int = 1, device="cpu"):
     """A state of `context` past positions on `device`, filled with random values; KV caches have
-    `config.kv_heads` heads (YOCO's global KV stored in `config.kv_dtype`)."""
+    `config.kv_heads` heads and are stored in `config.kv_dtype`."""
     h, hkv, dh, n = config.n_heads, config.kv_heads, config.head_dim, config.n_layers
-    kv = lambda: torch.randn(batch, hkv, context, dh, device=device)  # noqa: E731
+    dtype = getattr(torch, config.kv_dtype)
+    kv = lambda: torch.randn(batch, hkv, context, dh, device=device).to(dtype)  # noqa: E731
     square = lambda: torch.randn(batch, h, dh, dh, device=device)  # noqa: E731  (a recurrent state)
     valid = torch.ones(batch, context, dtype=torch.bool, device=device)
     if kind in ("transformer", "longnet"):
@@ -70,8 +71,7 @@ def random_state(model, kind: str, config: BackboneConfig, context: int, batch: 
     if kind == "retnet":
         return RetNetState([square() for _ in range(n)], context)
     if kind == "yoco":
-        dtype = getattr(torch, config.kv_dtype)
-        return YOCOState.from_tensors([square() for _ in range(n // 2)], kv().to(dtype), kv().to(dtype), valid)
+        return YOCOState.from_tensors([square() for _ in range(n // 2)], kv(), kv(), valid)
     raise ValueError(kind)
 
 
@@ -134,13 +134,16 @@ def yoco_name(heads: int, kv_heads: int, kv_dtype: str) -> str:
 
 
 def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: list[tuple[int, str]],
-                   batch: int = 1, device: str = "cpu") -> tuple[str, dict]:
+                   batch: int = 1, device: str = "cpu", fp16_transformer: bool = False) -> tuple[str, dict]:
     """Decode cost (and, at batch 1, state memory) of a Transformer, RetNet and YOCO of one size; one
     YOCO column per entry (KV heads of its global KV, grouped-query attention; the cache's kv_dtype) of
-    `yoco`."""
+    `yoco`; `fp16_transformer` adds the Transformer with an fp16 KV cache (the baseline stays fp32)."""
     models = {}
-    for kind, kv, kv_dtype in [("transformer", None, "float32"), ("retnet", None, "float32")] + [("yoco", *y) for y in yoco]:
-        name = kind if kind != "yoco" else yoco_name(heads, kv, kv_dtype)
+    kinds = [("transformer", None, "float32"), ("retnet", None, "float32")]
+    kinds += [("transformer", None, "float16")] if fp16_transformer else []
+    for kind, kv, kv_dtype in kinds + [("yoco", *y) for y in yoco]:
+        name = (yoco_name(heads, kv, kv_dtype) if kind == "yoco"
+                else kind + (", fp16 KV" if kv_dtype == "float16" else ""))
         config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, kv_dtype=kv_dtype)
         torch.manual_seed(0)
         models[name] = (build_backbone(config).to(device).eval(), config)
@@ -156,9 +159,11 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: l
     yocos = [k for k in models if k.startswith("YOCO")]
     text = (f"### Decode step (ms), batch {batch}, d={d}, {layers} layers, {heads} heads, fp32"
             + (f", on {device}" if device != "cpu" else "")
-            + (" (fp16 KV: YOCO's global KV cache stored in fp16, `kv_dtype=\"float16\"`)" if any(
-                "fp16" in k for k in yocos) else "") + "\n\n"
-            + table(["context", "Transformer (KV cache)", "RetNet"] + [f"{k} (heads/KV heads)" for k in yocos], rows)
+            + (" (fp16 KV: the KV cache stored in fp16, `kv_dtype=\"float16\"`)" if any(
+                "fp16" in k for k in models) else "") + "\n\n"
+            + table(["context", "Transformer (KV cache)", "RetNet"]
+                    + (["Transformer, fp16 KV"] if fp16_transformer else [])
+                    + [f"{k} (heads/KV heads)" for k in yocos], rows)
             + "\n\n- Parameters: " + ", ".join(f"{k} {params[k]:,}" for k in models)
             + f" (YOCO: {models[yocos[0]][1].self_decoder.replace('_', ' ')} self-decoder)."
             + "\n- Steady-state decoding: the KV caches grow in place; the first token after a prefill copies "
@@ -313,7 +318,7 @@ def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[
 
 @torch.no_grad()
 def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: list[int], rounds: int = 20) -> str:
-    """The decode-attention kernel on an fp16 cache (YOCO's kv_dtype="float16") against the same values
+    """The decode-attention kernel on an fp16 cache (kv_dtype="float16") against the same values
     in fp32: half the bytes, the same fp32 arithmetic. Taking turns, warm and with the cache evicted."""
     impl = dispatch.choose("decode_attention", "cpu")
     evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
@@ -336,7 +341,7 @@ def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: 
                          f"{best['fp32', False] / best['fp16', False]:.2f}x",
                          f"{best['fp32', True] / best['fp16', True]:.2f}x"])
     return ("### Decode attention on an fp16 cache, one layer, batch 1\n\n"
-            f"`{impl.name}` on a cache stored in fp16 (YOCO's `kv_dtype=\"float16\"`; rows widened exactly as they "
+            f"`{impl.name}` on a cache stored in fp16 (`kv_dtype=\"float16\"`; rows widened exactly as they "
             "are read, fp32 arithmetic) against the same values stored in fp32. Taking turns, fastest of "
             f"{rounds} calls; \"evicted\": right after 96 MiB have been written.\n\n"
             + table(["heads / KV heads x dim", "keys", "fp32 cache (MiB)", "fp32 (ms)", "fp16 (ms)", "fp32 evicted (ms)",
@@ -528,7 +533,7 @@ def main() -> None:
         contexts = [1024, 16384] if args.quick else [1024, 4096, 16384]
         size = (64, 4, 2) if args.quick else (256, 12, 4)
         yocos = [(4 if not args.quick else 2, "float32"), (1, "float32"), (1, "float16")]
-        parts = [decode_section(*size, contexts, yocos, device="cuda")[0],
+        parts = [decode_section(*size, contexts, yocos, device="cuda", fp16_transformer=True)[0],
                  decode_section(*size, contexts, [(1, "float32")], batch=8, device="cuda")[0]]
         if not args.quick:
             parts.append(preset_decode_section("yoco-3b", [1024, 16384], device="cuda"))
@@ -538,7 +543,8 @@ def main() -> None:
             write_section("backbones-gpu", body)
         return
     if args.quick:
-        parts = [decode_section(64, 4, 2, [256, 1024], [(2, "float32"), (1, "float32"), (1, "float16")])[0],
+        parts = [decode_section(64, 4, 2, [256, 1024], [(2, "float32"), (1, "float32"), (1, "float16")],
+                                fp16_transformer=True)[0],
                  decode_section(64, 4, 2, [256, 1024], [(1, "float32")], batch=4)[0],
                  kernels_section(64, 4, 2, [256, 1024], 1),
                  yoco_size_section([64, 128], 4, [256, 1024], head_dim=32, group=2),
@@ -550,7 +556,8 @@ def main() -> None:
                  peer_section(64, 4, 2, [128, 512], prefill=128, check=128)]
     else:
         contexts = [1024, 4096, 16384]
-        parts = [decode_section(256, 12, 4, contexts, [(4, "float32"), (1, "float32"), (1, "float16")])[0],
+        parts = [decode_section(256, 12, 4, contexts, [(4, "float32"), (1, "float32"), (1, "float16")],
+                                fp16_transformer=True)[0],
                  decode_section(256, 12, 4, contexts, [(1, "float32")], batch=8)[0],
                  kernels_section(256, 12, 4, [1024, 16384], 1),
                  yoco_size_section([256, 512, 1024, 2048], 12, [1024, 16384]),

@@ -14,6 +14,11 @@ write over each other: positions below the mark are never written again.
 
 Appends that autograd tracks (grad enabled and a tensor that requires grad) are plain concatenations:
 an in-place write into storage that an earlier step saved for backward would break the backward pass.
+
+Precision (`BackboneConfig.kv_dtype`): `cache_rounded` gives keys and values as a cache of that dtype
+holds them (fp16: half the bytes), and the attention layers call it in every forward, so a decoded
+token sees the same numbers as the parallel forward. fp16 positions go into fp32 storage in place
+(exactly); the reverse would round, so it grows into fp32 storage instead.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ block's are scored and its values while this block's are summed, so memory reque
 through every phase (grouped queries, with more compute per byte, streamed at half a plain read's speed
 before); a second pass merges the chunks by their maxima.
 The cache is streamed once per call, from any view whose rows are contiguous (a KV buffer with spare
-room is one): q fp32, the cache fp32 or fp16 (YOCO's half-precision global KV: each row widened exactly
+room is one): q fp32, the cache fp32 or fp16 (`BackboneConfig.kv_dtype`: each row widened exactly
 as it is read, F16C on AVX2, so the kernel does the same fp32 arithmetic on half the bytes). Built on
 first use (`latentlm.kernels.cpp_build`); AVX2+FMA where the CPU has it, else scalar loops.
 """

@@ -4,7 +4,7 @@
 //   q [B, Hkv, g, D] contiguous fp32 (q [B, H, 1, D] contiguous is the same memory: query head h*g + i
 //   reads KV head h); k, v [B, Hkv, S, D] with contiguous rows (any B and head strides: views of a
 //   KV buffer with spare room), both fp32 or both fp16; out: q's shape, fp32.
-// An fp16 cache (YOCO's kv_dtype="float16") is widened exactly as its rows are read (F16C; the AVX2 path
+// An fp16 cache (kv_dtype="float16") is widened exactly as its rows are read (F16C; the AVX2 path
 // needs D % 8 == 0, else the scalar loops), so the arithmetic is the fp32 kernel's on half the bytes.
 //
 // Work item = (b, h, chunk of keys), the items spread over the threads in contiguous runs (chunks of

@@ -129,6 +129,45 @@ def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_
     return {key: 1e3 * t for key, t in best.items()}
 
 
+def matmul_gflops(device: str = "cpu", n: int = 2048, rounds: int = 5) -> float:
+    """This machine's fp32 matmul rate: torch.mm of two n x n matrices, fastest of `rounds` (GFLOP/s)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(rounds + 1):
+        synchronize(a.device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(a.device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def cross_attention_mflop(config: BackboneConfig, context: int) -> float:
+    """MFLOP of YOCO's cross-decoder attention for one decoded token: per layer, scores and the weighted
+    sum of values, 2 FLOPs per multiply-add each, for every query head over `context` keys."""
+    cross_layers = config.n_layers - config.n_layers // 2
+    return cross_layers * 2 * 2 * config.n_heads * config.head_dim * context / 1e6
+
+
+def flatness_floor(ms: dict, models: dict, yocos: list[str], lo: int, hi: int, device: str) -> str:
+    """The YOCO flatness ratio of an attention kernel as fast as a large matmul: the attention that a
+    longer context adds, timed at the machine's fp32 matmul rate (measured), on top of the measured step
+    at `lo`; beside it, the rate the measured steps imply."""
+    rate = matmul_gflops(device)
+    parts = []
+    for k in yocos:
+        extra = cross_attention_mflop(models[k][1], hi) - cross_attention_mflop(models[k][1], lo)
+        floor_ms = extra / rate  # MFLOP / (GFLOP/s) = ms
+        measured = ms[k][hi] - ms[k][lo]
+        parts.append(f"{k}: +{extra:.1f} MFLOP, {floor_ms:.2f} ms at that rate, floor "
+                     f"{(ms[k][lo] + floor_ms) / ms[k][lo]:.2f}x; measured +{measured:.2f} ms "
+                     f"({extra / measured:.0f} GFLOP/s)" if measured > 0 else f"{k}: +{extra:.1f} MFLOP, the step no slower")
+    return (f"\n- Flatness floor: the attention a {hi:,} context adds over {lo:,} (cross-decoder, per token), "
+            f"timed at this machine's fp32 matmul rate ({rate:.0f} GFLOP/s, torch.mm 2048 x 2048, measured "
+            f"now) and added to the measured step at {lo:,}: the ratio of a kernel as fast as the matmul. "
+            + "; ".join(parts) + ".")
+
+
 def yoco_name(heads: int, kv_heads: int, kv_dtype: str) -> str:
     return f"YOCO {heads}/{kv_heads}" + (", fp16 KV" if kv_dtype == "float16" else "")
 
@@ -173,6 +212,7 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: l
             + f"\n- Flatness {lo:,} -> {hi:,}: RetNet {flat['retnet']:.2f}x, "
             + ", ".join(f"{k} {flat[k]:.2f}x" for k in yocos) + " (bar <= 1.3x).")
     if batch == 1:
+        text += flatness_floor(ms, models, yocos, lo, hi, device)
         mem = {k: {c: m.state_nbytes(random_state(m, cfg.kind, cfg, c)) for c in (lo, hi)}
                for k, (m, cfg) in models.items()}
         text += (f"\n\n### State memory at {hi:,} context, {layers} layers, batch 1\n\n"

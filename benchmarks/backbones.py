@@ -159,9 +159,13 @@ def flatness_floor(ms: dict, models: dict, yocos: list[str], lo: int, hi: int, d
         extra = cross_attention_mflop(models[k][1], hi) - cross_attention_mflop(models[k][1], lo)
         floor_ms = extra / rate  # MFLOP / (GFLOP/s) = ms
         measured = ms[k][hi] - ms[k][lo]
-        parts.append(f"{k}: +{extra:.1f} MFLOP, {floor_ms:.2f} ms at that rate, floor "
-                     f"{(ms[k][lo] + floor_ms) / ms[k][lo]:.2f}x; measured +{measured:.2f} ms "
-                     f"({extra / measured:.0f} GFLOP/s)" if measured > 0 else f"{k}: +{extra:.1f} MFLOP, the step no slower")
+        part = (f"{k}: +{extra:.1f} MFLOP, {floor_ms:.2f} ms at that rate, "
+                f"floor {(ms[k][lo] + floor_ms) / ms[k][lo]:.2f}x; ")
+        if measured > floor_ms:
+            part += f"measured +{measured:.2f} ms ({extra / measured:.0f} GFLOP/s)"
+        else:  # faster than the matmul: the step's noise is larger than the attention it adds
+            part += f"measured {measured:+.2f} ms, within the noise"
+        parts.append(part)
     return (f"\n- Flatness floor: the attention a {hi:,} context adds over {lo:,} (cross-decoder, per token), "
             f"timed at this machine's fp32 matmul rate ({rate:.0f} GFLOP/s, torch.mm 2048 x 2048, measured "
             f"now) and added to the measured step at {lo:,}: the ratio of a kernel as fast as the matmul. "

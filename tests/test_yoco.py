@@ -28,6 +28,18 @@ def rel_max(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def assert_same_cache(a, b):
+    """fp32 caches agree to 1e-4. An fp16 cache holds keys that the two paths (one GEMM over the
+    sequence, one per token) compute an fp32 ulp apart, which can round to neighbouring fp16 values
+    (seen on an AVX-512 host): there every entry must be within one fp16 step of the other path's."""
+    if a.dtype != torch.float16:
+        assert rel_max(a, b) <= 1e-4
+        return
+    step = (torch.nextafter(b.abs(), torch.tensor(float("inf"), dtype=b.dtype)) - b.abs()).float()
+    assert ((a.float() - b.float()).abs() <= step).all()
+    assert rel_max(a.float(), b.float()) <= 2 ** -10  # one step of the largest entries at most
+
+
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-kv_heads={v[1] or H}-{v[2]}")
 def model(request):
     kind, n_kv_heads, kv_dtype = request.param
@@ -63,7 +75,7 @@ def test_prefill_then_decode_equals_parallel(model, prefill, early_exit):
     got = torch.cat(outs, 1)
     ref = full[:, prefill:] if early_exit else full
     assert rel_max(got, ref) <= 1e-4
-    assert rel_max(state.keys, full_state.keys) <= 1e-4
+    assert_same_cache(state.keys, full_state.keys)
     assert model.state_nbytes(state) == model.state_nbytes(full_state)
 
 

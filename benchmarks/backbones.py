@@ -29,6 +29,7 @@ from latentlm.backbones.retnet import RetNetState
 from latentlm.backbones.kv_cache import KVCache
 from latentlm.backbones.yoco import YOCOState
 from latentlm.kernels import dispatch
+from latentlm.kernels.decode_attention import cpu as decode_cpu
 from latentlm.kernels.decode_attention import decode_attention_reference
 from latentlm.kernels.dilated_attention import dilated_attention
 
@@ -76,17 +77,23 @@ def random_state(model, kind: str, config: BackboneConfig, context: int, batch: 
 
 
 @contextlib.contextmanager
-def kernels(use: bool):
-    """Run with the fused kernels (`use`) or with every op's PyTorch reference (LATENTLM_KERNELS=reference)."""
-    before = os.environ.pop("LATENTLM_KERNELS", None)
-    if not use:
-        os.environ["LATENTLM_KERNELS"] = "reference"
+def environment(**values: str | None):
+    """Run with the environment variables `values` set (None: unset), restored afterwards."""
+    before = {name: os.environ.pop(name, None) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
     try:
         yield
     finally:
-        os.environ.pop("LATENTLM_KERNELS", None)
-        if before is not None:
-            os.environ["LATENTLM_KERNELS"] = before
+        for name, value in before.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+def kernels(use: bool, decode_isa: str | None = None):
+    """Run with the fused kernels (`use`) or with every op's PyTorch reference (LATENTLM_KERNELS=reference);
+    `decode_isa` forces the decode-attention kernel's ISA path (None: its default)."""
+    return environment(LATENTLM_KERNELS=None if use else "reference", **{decode_cpu.PATHS.env: decode_isa})
 
 
 def synchronize(device: torch.device) -> None:
@@ -95,14 +102,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-DECODE_ROUNDS = 9  # rounds of the decode tables; a noisy round on this shared machine adds ~1 ms at batch 1
+DECODE_ROUNDS = 25  # rounds of the decode tables; a noisy round on this shared machine adds ~1 ms at batch 1
+# (9 before 2026-12-03, when rounds at the floor became rarer: the d=256 steps varied by 1.5x within a run)
 
 
 @torch.no_grad()
 def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_ROUNDS) -> dict:
     """Milliseconds per decoding step (one token for each of `batch` sequences) for each case
-    {key: (model, config, context)} or {key: (model, config, context, use_kernels)}, from a state
-    of `context` positions, in the steady state.
+    {key: (model, config, context)}, {key: (model, config, context, use_kernels)} or {key: (model,
+    config, context, use_kernels, decode_isa)}, from a state of `context` positions, in the steady state.
 
     The first token after a prefill copies the KV cache once into a buffer with spare room (later
     tokens are written in place); that one step is the warm-up and is not timed. The cases take
@@ -113,12 +121,12 @@ def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_
     for key, (model, config, context, *use) in cases.items():
         device = next(model.parameters()).device
         x = torch.randn(batch, 1, config.d_model, device=device)
-        with kernels(use[0] if use else True):
+        with kernels(*(use or [True])):
             states[key] = (x, model(x, random_state(model, config.kind, config, context, batch, device))[1])
     for _ in range(rounds):
         for key, (model, _, _, *use) in cases.items():
             x, s = states[key]
-            with kernels(use[0] if use else True):
+            with kernels(*(use or [True])):
                 synchronize(x.device)
                 t0 = time.perf_counter()
                 for _ in range(steps):
@@ -393,6 +401,54 @@ def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: 
 
 
 @torch.no_grad()
+def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: list[int], d: int, layers: int,
+                                 heads: int, rounds: int = 20) -> str:
+    """The decode-attention kernel's AVX-512 path against its AVX2 path, side by side: the op alone
+    (fp32 and fp16 caches, warm and evicted), then YOCO decode steps with each path forced."""
+    title = "### Decode attention: AVX-512 path vs AVX2 path\n\n"
+    if "avx512" not in decode_cpu.supported_isas():
+        return title + f"Not measured: this CPU runs {decode_cpu.supported_isas() or 'no C++ kernel'}, no AVX-512."
+    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    rows = []
+    for h, hkv, dh in shapes:
+        for s in contexts:
+            for dtype in (torch.float32, torch.float16):
+                q = torch.randn(1, h, 1, dh)
+                k, v = (torch.randn(1, hkv, s, dh).to(dtype) for _ in range(2))
+                best = {(isa, cold): float("inf") for isa in ("avx2", "avx512") for cold in (False, True)}
+                for _ in range(rounds):
+                    for isa, cold in best:
+                        if cold:
+                            evictor.add_(1.0)
+                        t0 = time.perf_counter()
+                        decode_cpu.decode_attention_cpp(q, k, v, isa=isa)
+                        best[isa, cold] = min(best[isa, cold], 1e3 * (time.perf_counter() - t0))
+                rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", "fp16" if dtype == torch.float16 else "fp32",
+                             *(f"{best[isa, cold]:.3f}" for cold in (False, True) for isa in ("avx2", "avx512")),
+                             f"{best['avx2', False] / best['avx512', False]:.2f}x",
+                             f"{best['avx2', True] / best['avx512', True]:.2f}x",
+                             decode_cpu.cpu_isa(group=h // hkv)])
+    models = {}
+    for kv_dtype in ("float32", "float16"):
+        config = BackboneConfig(kind="yoco", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=1, kv_dtype=kv_dtype)
+        torch.manual_seed(0)
+        models[yoco_name(heads, 1, kv_dtype)] = (build_backbone(config).eval(), config)
+    lo, hi = contexts[0], contexts[-1]
+    ms = decode_ms({(name, c, isa): (m, cfg, c, True, isa) for name, (m, cfg) in models.items()
+                    for c in (lo, hi) for isa in ("avx2", "avx512")})
+    steps = [[name, isa, f"{ms[name, lo, isa]:.2f}", f"{ms[name, hi, isa]:.2f}",
+              f"{ms[name, hi, isa] / ms[name, lo, isa]:.2f}x"] for name in models for isa in ("avx2", "avx512")]
+    return (title + f"The op alone: each path forced (`isa=`), taking turns, fastest of {rounds} calls; \"evicted\": "
+            "right after 96 MiB have been written. \"default\": the path a call takes unless forced (AVX-512 "
+            "when the query heads per KV head are a multiple of 4).\n\n"
+            + table(["heads / KV heads x dim", "keys", "cache", "AVX2 (ms)", "AVX-512 (ms)", "AVX2 evicted (ms)",
+                     "AVX-512 evicted (ms)", "AVX-512 speed-up", "speed-up, evicted", "default"], rows)
+            + f"\n\nYOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
+            f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
+            + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], steps))
+
+
+@torch.no_grad()
 def yoco_section(d: int, layers: int, heads: int, length: int) -> str:
     config = BackboneConfig(kind="yoco", d_model=d, n_layers=layers, n_heads=heads)
     torch.manual_seed(0)
@@ -595,6 +651,7 @@ def main() -> None:
                  preset_decode_section("yoco-tiny", [256, 1024]),
                  decode_attention_section([(4, 1, 32)], [256, 1024]),
                  decode_attention_fp16_section([(4, 1, 32)], [256, 1024]),
+                 decode_attention_isa_section([(4, 1, 32)], [256, 1024], 64, 4, 2, rounds=5),
                  yoco_section(64, 4, 2, 512),
                  longnet_section(2, 32, [1024, 2048], [128, 256], [1, 2]),
                  peer_section(64, 4, 2, [128, 512], prefill=128, check=128)]
@@ -608,6 +665,7 @@ def main() -> None:
                  preset_decode_section("yoco-3b", [1024, 16384]),
                  decode_attention_section([(4, 4, 64), (4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  decode_attention_fp16_section([(4, 1, 64), (24, 8, 128)], [1024, 16384]),
+                 decode_attention_isa_section([(4, 1, 64), (4, 4, 64), (24, 8, 128)], [1024, 16384], 256, 12, 4),
                  yoco_section(256, 12, 4, 8192),
                  longnet_section(4, 64, [8192, 16384, 32768], [1024, 2048, 4096, 8192, 16384], [1, 2, 4, 8, 16]),
                  peer_section(256, 12, 4, [512, 2048], prefill=1024, check=256)]

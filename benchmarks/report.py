@@ -13,14 +13,20 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+    """The CPU (model name, family/model numbers, widest vector ISA), threads, torch, GPU, Python, date."""
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu = info.get("model name") or platform.processor() or "unknown CPU"
+    flags = set(info.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    ident = ", ".join(x for x in (f"family {info['cpu family']}, model {info['model']}" if "cpu family" in info
+                                   and "model" in info else "", isa) if x)
+    cpu += f" ({ident})" if ident else ""
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
             f"{gpu}, Python {platform.python_version()}, measured {date.today().isoformat()}")

@@ -21,6 +21,13 @@ def case(hkv, s, seed=0, spare=9):
     return q, k, v
 
 
+def isa_path(isa):
+    """`isa`, or a skip when this CPU cannot run it."""
+    if isa not in cpu.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    return isa
+
+
 def rel_rms(a, b):
     return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
 
@@ -34,17 +41,17 @@ def ext(monkeypatch):
     return cpu.EXTENSION.get()
 
 
-@pytest.mark.parametrize("avx2", [True, False])
+@pytest.mark.parametrize("isa", cpu.ISAS)
 @pytest.mark.parametrize("s", [1, 7, cpu.CHUNK - 1, cpu.CHUNK, cpu.CHUNK + 1, 3 * cpu.CHUNK + 17])
 @pytest.mark.parametrize("hkv", [6, 3, 1])
-def test_kernel_equals_reference(ext, hkv, s, avx2):
+def test_kernel_equals_reference(ext, hkv, s, isa):
     q, k, v = case(hkv, s)
-    got = decode_attention_cpp(q, k, v, avx2=avx2)
+    got = decode_attention_cpp(q, k, v, isa=isa_path(isa))
     ref = decode_attention_reference(q, k, v)
     assert got.shape == (B, H, 1, D) and rel_rms(got, ref) <= 1e-5
 
 
-@pytest.mark.parametrize("avx2", [True, False])
+@pytest.mark.parametrize("isa", cpu.ISAS)
 @pytest.mark.parametrize("h,hkv,d,s", [
     (8, 2, 64, 700),      # g = 4, D = 64 (unrolled dot products), several key blocks
     (24, 8, 128, 1300),   # g = 3, D = 128 (unrolled), chunks split for the threads
@@ -52,25 +59,30 @@ def test_kernel_equals_reference(ext, hkv, s, avx2):
     (5, 1, 67, 129),      # g = 5 = 4 + 1, D = 8 * 8 + 3
     (2, 1, 8, 3000),      # g = 2, one vector per row, many chunks
     (1, 1, 200, 77),      # g = 1, D = 200: 8-vector tiles and a rest of 1
+    (8, 1, 64, 1000),     # g = 8: AVX-512 two 4-query tiles
+    (6, 1, 16, 333),      # g = 6 = 4 + 2 (AVX-512), D = one vector of 16
+    (3, 1, 36, 250),      # g = 3 = 2 + 1 (AVX-512), D = 16 + 16 + 4
+    (16, 4, 128, 95),     # g = 4, D = 128 (unrolled), fewer keys than a tile of every block
 ])
-def test_kernel_equals_reference_across_groups_and_head_dims(ext, h, hkv, d, s, avx2):
+def test_kernel_equals_reference_across_groups_and_head_dims(ext, h, hkv, d, s, isa):
     g = torch.Generator().manual_seed(1)
     q = torch.randn(1, h, 1, d, generator=g)
     k = torch.randn(1, hkv, s + 5, d, generator=g)[:, :, 3:s + 3]  # rows offset from the buffer's start
     v = torch.randn(1, hkv, s + 5, d, generator=g)[:, :, 3:s + 3]
-    got = decode_attention_cpp(q, k, v, avx2=avx2)
+    got = decode_attention_cpp(q, k, v, isa=isa_path(isa))
     ref = decode_attention_reference(q, k, v)
     assert got.shape == (1, h, 1, d) and rel_rms(got, ref) <= 1e-5
 
 
-@pytest.mark.parametrize("avx2", [True, False])
+@pytest.mark.parametrize("isa", cpu.ISAS)
 @pytest.mark.parametrize("h,hkv,d,s", [
     (8, 2, 64, 700),      # g = 4, D = 64 (unrolled)
     (24, 8, 128, 1300),   # g = 3, D = 128 (unrolled), chunks split for the threads
     (7, 1, 24, 300),      # g = 7 = 4 + 3, D = 3 vectors of 8
-    (5, 1, 20, 129),      # D not a multiple of 8: the scalar loops, in the kernel
+    (5, 1, 20, 129),      # D not a multiple of 8: AVX2 takes the scalar loops; AVX-512 masks 16-bit loads
+    (4, 1, 40, 77),       # g = 4, D = 16 + 16 + 8
 ])
-def test_fp16_cache_equals_reference_on_its_widened_values(ext, h, hkv, d, s, avx2):
+def test_fp16_cache_equals_reference_on_its_widened_values(ext, h, hkv, d, s, isa):
     """An fp16 cache (YOCO's kv_dtype="float16") is read as its exact fp32 values: the kernel on the
     half tensors equals the reference on the same tensors widened."""
     g = torch.Generator().manual_seed(3)
@@ -81,8 +93,9 @@ def test_fp16_cache_equals_reference_on_its_widened_values(ext, h, hkv, d, s, av
     real = ext.decode_attention
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {
-            "decode_attention": staticmethod(lambda *a: calls.append(1) or real(*a))})())
-        got = decode_attention_cpp(q, k, v, avx2=avx2)
+            "decode_attention": staticmethod(lambda *a: calls.append(1) or real(*a)),
+            "supports": staticmethod(ext.supports)})())
+        got = decode_attention_cpp(q, k, v, isa=isa_path(isa))
     assert calls == [1], "the kernel takes an fp16 cache itself"
     ref = decode_attention_reference(q, k.float(), v.float())
     assert got.dtype == torch.float32 and rel_rms(got, ref) <= 1e-5
@@ -102,6 +115,19 @@ def test_kernel_on_any_number_of_threads(ext, threads):
     finally:
         torch.set_num_threads(before)
     assert rel_rms(got, decode_attention_reference(q, k, v)) <= 1e-5
+
+
+def test_isa_paths_the_cpu_runs_and_the_default_choice(ext, monkeypatch):
+    isas = cpu.supported_isas()
+    assert "scalar" in isas and isas == [i for i in cpu.ISAS if ext.supports(cpu.ISAS.index(i))]
+    wide = "avx2" if "avx2" in isas else "scalar"
+    assert cpu.cpu_isa(group=1) == wide and cpu.cpu_isa(group=3) == wide
+    assert cpu.cpu_isa(group=4) == cpu.cpu_isa(group=8) == ("avx512" if "avx512" in isas else wide)
+    monkeypatch.setenv(cpu.PATHS.env, "scalar")  # forced, for comparisons
+    assert cpu.cpu_isa(group=4) == "scalar"
+    monkeypatch.setenv(cpu.PATHS.env, "no_such_isa")
+    with pytest.raises(ValueError, match="unknown decode attention ISA path 'no_such_isa'"):
+        decode_attention_cpp(*case(2, 30))
 
 
 def test_reference_is_attention_with_repeated_kv_heads():

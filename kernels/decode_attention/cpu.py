@@ -7,11 +7,15 @@ key row read once for all the queries of the group), a vectorised exp2, and the 
 in register tiles of the group's queries x D slices; the next block's keys are prefetched while this
 block's are scored and its values while this block's are summed, so memory requests stay in flight
 through every phase (grouped queries, with more compute per byte, streamed at half a plain read's speed
-before); a second pass merges the chunks by their maxima.
+before); a second pass merges the chunks by their maxima. AVX-512 path: the same phases with 32
+registers, scores in tiles of 4 queries x 4 keys (each key vector loaded once for the 4 queries, one
+16-sum reduction per tile) and the softmax on whole tiles; taken by default when the group is a
+multiple of 4 queries, where it is faster (`cpu_isa`).
 The cache is streamed once per call, from any view whose rows are contiguous (a KV buffer with spare
 room is one): q fp32, the cache fp32 or fp16 (`BackboneConfig.kv_dtype`: each row widened exactly
-as it is read, F16C on AVX2, so the kernel does the same fp32 arithmetic on half the bytes). Built on
-first use (`latentlm.kernels.cpp_build`); AVX2+FMA where the CPU has it, else scalar loops.
+as it is read, F16C, so the kernel does the same fp32 arithmetic on half the bytes). Built on first
+use (`latentlm.kernels.cpp_build`); AVX-512 or AVX2+FMA where the CPU has them, else scalar loops;
+`isa=` or $LATENTLM_DECODE_ATTENTION_ISA forces a path, for tests and comparisons.
 """
 from __future__ import annotations
 
@@ -21,10 +25,13 @@ import torch
 from torch import Tensor
 
 from ..cpp_build import CppExtension
+from ..isa_paths import IsaPaths
 from .naive import decode_attention_reference
 
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "decode_attention_cpu.cpp",)
 EXTENSION = CppExtension("decode_attention_cpu", SOURCES, "the C++ decode attention CPU kernel")
+ISAS = ("scalar", "avx2", "avx512")  # the kernel's codes are the indices
+PATHS = IsaPaths(EXTENSION, ISAS, "LATENTLM_DECODE_ATTENTION_ISA", "decode attention")
 CHUNK = 512  # most keys per work item (the kernel makes chunks equal, and smaller to keep both threads busy)
 # Caches (keys + values bytes) below this go to the reference. The old one-key-at-a-time kernel lost to
 # the reference below ~8 MiB; this one is faster at every size measured (2-core AMD EPYC, batch 1, through
@@ -39,6 +46,18 @@ def available(device: torch.device | str = "cpu") -> bool:
     return EXTENSION.runs_on(device)
 
 
+def supported_isas() -> list[str]:
+    """The ISA paths this CPU can run (empty when the extension is unavailable)."""
+    return PATHS.supported()
+
+
+def cpu_isa(group: int = 4, isa: str | None = None) -> str:
+    """The path a call with `group` query heads per KV head takes: "avx512" (g a multiple of 4),
+    "avx2" or "scalar", honouring a forced `isa` / $LATENTLM_DECODE_ATTENTION_ISA; "reference"
+    when the extension is unavailable."""
+    return PATHS.in_use(isa, group=group)
+
+
 def _fits(q: Tensor, k: Tensor, v: Tensor) -> bool:
     d = k.shape[-1]
     return (q.dtype == torch.float32 and k.dtype in (torch.float32, torch.float16) and v.dtype == k.dtype
@@ -47,13 +66,14 @@ def _fits(q: Tensor, k: Tensor, v: Tensor) -> bool:
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
 
 
-def decode_attention_cpp(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, avx2: bool = True) -> Tensor:
+def decode_attention_cpp(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
+                         isa: str | None = None) -> Tensor:
     """Same arguments and result as `decode_attention_reference`; inputs the kernel does not take
     (q not fp32, a cache neither fp32 nor fp16, rows not contiguous, an autograd graph to record, a
-    cache below MIN_CACHE_BYTES) go to the reference. avx2=False forces the scalar loops."""
+    cache below MIN_CACHE_BYTES) go to the reference. `isa` forces an ISA path (ISAS)."""
     ext = EXTENSION.get()
     if ext is None or not _fits(q, k, v):
         return decode_attention_reference(q, k, v, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     # q [B, H, 1, D] contiguous is q [B, Hkv, g, D]: the kernel reads it so and returns q's shape
-    return ext.decode_attention(q.contiguous(), k, v, scale, CHUNK, avx2)
+    return ext.decode_attention(q.contiguous(), k, v, scale, CHUNK, PATHS.code(isa))

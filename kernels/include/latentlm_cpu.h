@@ -37,6 +37,20 @@ inline bool has_f16c() {
 #endif
 }
 
+// Whether this CPU runs the AVX-512 code of our kernels (F, BW, VL and DQ; checked once).
+inline bool has_avx512() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 // An fp32 tensor on the CPU.
 inline bool fp32_cpu(const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); }
 

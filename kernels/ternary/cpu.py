@@ -13,19 +13,20 @@ dequantisation is the same two float32 operations, in the same order.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..cpp_build import CppExtension
+from ..isa_paths import IsaPaths
 from .reference import PackedTernary
 
 ISAS = ("scalar", "avx2", "avx512_vnni")  # the kernel's codes are the indices
 ISA_ENV = "LATENTLM_TERNARY_ISA"
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "ternary_cpu.cpp",)
 EXTENSION = CppExtension("ternary_cpu", SOURCES, "the C++ ternary CPU kernel")
+PATHS = IsaPaths(EXTENSION, ISAS, ISA_ENV, "ternary")
 
 
 def build_directory() -> Path:
@@ -49,34 +50,18 @@ def available(device: torch.device | str = "cpu") -> bool:
 
 def supported_isas() -> list[str]:
     """The ISA paths this CPU can run (empty when the extension is unavailable)."""
-    ext = extension()
-    return [] if ext is None else [name for code, name in enumerate(ISAS) if ext.supports(code)]
+    return PATHS.supported()
 
 
 def _isa_code(isa: str | None) -> int:
     """-1 (the best path) unless `isa` or $LATENTLM_TERNARY_ISA names one ("auto" = best)."""
-    if isa is None:
-        isa = os.environ.get(ISA_ENV, "")
-    isa = isa.strip().lower()
-    if isa in ("", "auto", "best"):
-        return -1
-    if isa not in ISAS:
-        raise ValueError(f"unknown ternary ISA path {isa!r}; choose from {ISAS} or 'auto'")
-    code = ISAS.index(isa)
-    ext = extension()
-    if ext is not None and not ext.supports(code):
-        raise ValueError(f"this CPU cannot run the {isa!r} ternary path; it supports {supported_isas()}")
-    return code
+    return PATHS.code(isa)
 
 
 def cpu_isa(isa: str | None = None) -> str:
     """The path the C++ kernel takes: "avx512_vnni", "avx2" or "scalar" (honouring a forced
     `isa` / $LATENTLM_TERNARY_ISA), or "reference" when the extension is unavailable."""
-    ext = extension()
-    if ext is None:
-        return "reference"
-    code = _isa_code(isa)
-    return ISAS[ext.best_isa() if code < 0 else code]
+    return PATHS.in_use(isa)
 
 
 def _require():

@@ -117,6 +117,36 @@ void item_scalar(const Problem& P, int64_t w, float* qs, float* p) {
 
 // ---------------------------------------------------------------- AVX2 path
 
+// A vector path's item w: its keys and values (n rows from kh, vh), its partial results (acc aw [G, D],
+// running max mw [G] and sum lw [G], zeroed), and its queries scaled into qs [G, DP] (zero padded).
+template <typename T>
+struct Item {
+  const T* kh;
+  const T* vh;
+  int64_t n;
+  float* aw;
+  float* mw;
+  float* lw;
+};
+
+template <typename T>
+inline Item<T> start_item(const Problem& P, int64_t w, float* qs) {
+  const int64_t G = P.G, D = P.D, DP = P.DP;
+  const int64_t bh = w / P.C, c = w % P.C, b = bh / P.H, h = bh % P.H;
+  const int64_t j0 = c * P.chunk;
+  const float* qh = P.q + bh * G * D;
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t d = 0; d < DP; ++d) qs[i * DP + d] = d < D ? qh[i * D + d] * P.qscale : 0.f;
+  Item<T> it{static_cast<const T*>(P.k) + b * P.ksb + h * P.ksh + j0 * D,
+             static_cast<const T*>(P.v) + b * P.vsb + h * P.vsh + j0 * D,
+             std::min(P.S, j0 + P.chunk) - j0, P.acc + w * G * D, P.mx + w * G, P.sm + w * G};
+  std::fill(it.aw, it.aw + G * D, 0.f);
+  std::fill(it.mw, it.mw + G, kNegInf);
+  std::fill(it.lw, it.lw + G, 0.f);
+  return it;
+}
+
+
 DA_AVX2_INLINE __m256i lanes_below(int64_t k) {  // lanes t < k all ones
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -143,21 +173,28 @@ DA_AVX2_INLINE __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
+// 2^r = e^(r ln 2) for |r| <= 1/2: its Taylor coefficients, degree 7 down to 0 (Horner order), used by
+// both vector paths' exp2.
+constexpr double kLn2 = 0.6931471805599453;
+constexpr float kExp2Poly[8] = {
+    static_cast<float>(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 5040),
+    static_cast<float>(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 720),
+    static_cast<float>(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 120),
+    static_cast<float>(kLn2 * kLn2 * kLn2 * kLn2 / 24),
+    static_cast<float>(kLn2 * kLn2 * kLn2 / 6),
+    static_cast<float>(kLn2 * kLn2 / 2),
+    static_cast<float>(kLn2),
+    1.f};
+
 // 2^x for x <= 0 (NaN stays NaN): x = n + r, n = round(x), |r| <= 1/2; 2^r = e^(r ln 2) by its Taylor
 // series to degree 7 (truncation < 6e-9 relative), 2^n put in the exponent bits. x < -126.5 gives 0.
 DA_AVX2_INLINE __m256 exp2_avx2(__m256 x) {
-  constexpr double L = 0.6931471805599453;  // ln 2
   x = _mm256_max_ps(_mm256_set1_ps(-127.f), x);  // second operand returned when NaN
   const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 r = _mm256_sub_ps(x, n);  // exact
-  __m256 y = _mm256_set1_ps(static_cast<float>(L * L * L * L * L * L * L / 5040));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L * L * L * L / 720)));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L * L * L / 120)));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L * L / 24)));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L * L / 6)));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L * L / 2)));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(static_cast<float>(L)));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.f));
+  __m256 y = _mm256_set1_ps(kExp2Poly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 8; ++i) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kExp2Poly[i]));
   // n = -127 gives biased exponent 0: the float 0
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
@@ -293,22 +330,13 @@ DA_AVX2 void pv_rows(const float* p, int64_t ps, const T* v, int64_t D, int64_t 
 template <int NV, typename T>
 DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, float* al) {
   const int64_t G = P.G, D = P.D, DP = P.DP, BK = P.BK;
-  const int64_t bh = w / P.C, c = w % P.C, b = bh / P.H, h = bh % P.H;
-  const int64_t j0 = c * P.chunk, n = std::min(P.S, j0 + P.chunk) - j0;
-  const T* kh = static_cast<const T*>(P.k) + b * P.ksb + h * P.ksh + j0 * D;
-  const T* vh = static_cast<const T*>(P.v) + b * P.vsb + h * P.vsh + j0 * D;
-  const float* qh = P.q + bh * G * D;
+  const Item<T> it = start_item<T>(P, w, qs);
+  const T *kh = it.kh, *vh = it.vh;
+  const int64_t n = it.n;
+  float *aw = it.aw, *mw = it.mw, *lw = it.lw;
   const int64_t D8 = D & ~int64_t(7);
   const bool tail = D != D8;
   const __m256i dmask = lanes_below(D - D8);
-  for (int64_t i = 0; i < G; ++i)
-    for (int64_t d = 0; d < DP; ++d) qs[i * DP + d] = d < D ? qh[i * D + d] * P.qscale : 0.f;
-  float* aw = P.acc + w * G * D;
-  float* mw = P.mx + w * G;
-  float* lw = P.sm + w * G;
-  std::fill(aw, aw + G * D, 0.f);
-  std::fill(mw, mw + G, kNegInf);
-  std::fill(lw, lw + G, 0.f);
 
   for (int64_t b0 = 0; b0 < n; b0 += BK) {  // blocks of BK keys, online softmax across them
     const int64_t nb = std::min(BK, n - b0);
@@ -415,18 +443,12 @@ DA_AVX512_INLINE __m512 reduce16(const __m512* x) {
 
 // The AVX2 path's exp2 on 16 lanes (same steps, same results).
 DA_AVX512_INLINE __m512 exp2_avx512(__m512 x) {
-  constexpr double L = 0.6931471805599453;  // ln 2
   x = _mm512_max_ps(_mm512_set1_ps(-127.f), x);  // second operand returned when NaN
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 r = _mm512_sub_ps(x, n);
-  __m512 y = _mm512_set1_ps(static_cast<float>(L * L * L * L * L * L * L / 5040));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(static_cast<float>(L * L * L * L * L * L / 720)));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(static_cast<float>(L * L * L * L * L / 120)));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(static_cast<float>(L * L * L * L / 24)));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(static_cast<float>(L * L * L / 6)));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(static_cast<float>(L * L / 2)));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(static_cast<float>(L)));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+  __m512 y = _mm512_set1_ps(kExp2Poly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 8; ++i) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExp2Poly[i]));
   const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
   return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
 }
@@ -592,19 +614,10 @@ DA_AVX512 void group_block512(const Problem& P, const float* qs, const T* kb, co
 template <int NV, typename T>
 DA_AVX512 void item_avx512_impl(const Problem& P, int64_t w, float* qs, float* p, float* al) {
   const int64_t G = P.G, D = P.D, DP = P.DP, BK = P.BK;
-  const int64_t bh = w / P.C, c = w % P.C, b = bh / P.H, h = bh % P.H;
-  const int64_t j0 = c * P.chunk, n = std::min(P.S, j0 + P.chunk) - j0;
-  const T* kh = static_cast<const T*>(P.k) + b * P.ksb + h * P.ksh + j0 * D;
-  const T* vh = static_cast<const T*>(P.v) + b * P.vsb + h * P.vsh + j0 * D;
-  const float* qh = P.q + bh * G * D;
-  for (int64_t i = 0; i < G; ++i)
-    for (int64_t d = 0; d < DP; ++d) qs[i * DP + d] = d < D ? qh[i * D + d] * P.qscale : 0.f;
-  float* aw = P.acc + w * G * D;
-  float* mw = P.mx + w * G;
-  float* lw = P.sm + w * G;
-  std::fill(aw, aw + G * D, 0.f);
-  std::fill(mw, mw + G, kNegInf);
-  std::fill(lw, lw + G, 0.f);
+  const Item<T> it = start_item<T>(P, w, qs);
+  const T *kh = it.kh, *vh = it.vh;
+  const int64_t n = it.n;
+  float *aw = it.aw, *mw = it.mw, *lw = it.lw;
   for (int64_t b0 = 0; b0 < n; b0 += BK) {
     const int64_t nb = std::min(BK, n - b0), next_rows = std::min(BK, n - b0 - nb);
     const T* kb = kh + b0 * D;

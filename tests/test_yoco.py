@@ -17,6 +17,13 @@ VARIANTS = [("gated_retention", None, "float32"), ("sliding_window", None, "floa
             ("gated_retention", 2, "float16"), ("sliding_window", None, "float16")]
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Each test draws its inputs from the same seed, whatever ran before it (module-scoped models
+    would otherwise make the inputs depend on test order)."""
+    torch.manual_seed(1234)
+
+
 def make(kind, n_layers=L, **kw):
     torch.manual_seed(0)
     cfg = BackboneConfig(**{"kind": "yoco", "d_model": D, "n_layers": n_layers, "n_heads": H, "chunk_size": 4,

@@ -143,6 +143,26 @@ def test_scale_and_extreme_scores(ext):
         assert torch.isfinite(got).all() and rel_rms(got, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("isa", cpu.ISAS)
+@pytest.mark.parametrize("hkv", [6, 3, 1])
+def test_prefetching_into_l2_or_l1_gives_the_same_result(ext, monkeypatch, hkv, isa):
+    """Caches of FAR_CACHE_BYTES or more are prefetched into L2 (they come from memory), smaller ones
+    into L1: where the lines go changes the speed only, bit for bit."""
+    q, k, v = case(hkv, 3 * cpu.CHUNK + 17)
+    size = 2 * k.numel() * k.element_size()
+    seen = []
+    real = ext.decode_attention
+    monkeypatch.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {
+        "decode_attention": staticmethod(lambda *a: seen.append(a[-1]) or real(*a)),
+        "supports": staticmethod(ext.supports)})())
+    monkeypatch.setattr(cpu, "FAR_CACHE_BYTES", size)  # this cache is far
+    far = decode_attention_cpp(q, k, v, isa=isa_path(isa))
+    monkeypatch.setattr(cpu, "FAR_CACHE_BYTES", size + 1)
+    near = decode_attention_cpp(q, k, v, isa=isa)
+    assert seen == [True, False] and torch.equal(far, near)
+    assert rel_rms(far, decode_attention_reference(q, k, v)) <= 1e-5
+
+
 def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):
     calls = []
     real = ext.decode_attention

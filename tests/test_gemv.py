@@ -76,7 +76,9 @@ def test_prefetch_settings_do_not_change_the_result(ext):
     assert rel_rms(expect, exact(x, w, b)) <= 1e-6
     for prefetch in (64, 1024, 1 << 20):
         for min_parallel in (0, 1 << 40):  # two threads, one thread
-            assert torch.equal(ext.small_batch_linear(x, w, b, 2, True, prefetch, min_parallel, 0), expect)
+            for far_bytes in (0, 1 << 40):  # prefetched into L2, into L1
+                got = ext.small_batch_linear(x, w, b, 2, True, prefetch, min_parallel, 0, far_bytes)
+                assert torch.equal(got, expect)
 
 
 def test_thread_counts_agree(ext):

@@ -10,6 +10,7 @@ from cpp_fallback import assert_reference_after_failed_build
 from latentlm.backbones import BackboneConfig, build_backbone
 from latentlm.backbones.layers import residual_ffn
 from latentlm.kernels import dispatch
+from latentlm.kernels.gemv import cpu as gemv_cpu
 from latentlm.kernels.glu_block import ACTIVATIONS, cpu, glu_block_cpp, glu_block_reference
 
 
@@ -71,6 +72,17 @@ def test_leading_dims_eps_and_threads(ext, lead):
         torch.set_num_threads(threads)
     assert outs[0].shape == (*lead, 96) and rel_rms(outs[0], ref) <= 1e-6
     assert torch.equal(outs[0], outs[1])
+
+
+def test_prefetching_into_l2_or_l1_gives_the_same_result(ext, monkeypatch):
+    """Weights of gemv.FAR_WEIGHT_BYTES or more are prefetched into L2, smaller ones into L1: bit for bit
+    the same block."""
+    x, norm, wg, wu, wd = case((3,), 256, 683, seed=4)
+    outs = []
+    for far_bytes in (0, 1 << 40):
+        monkeypatch.setattr(gemv_cpu, "FAR_WEIGHT_BYTES", far_bytes)
+        outs.append(glu_block_cpp(x, norm, 1e-6, wg, wu, wd, "silu"))
+    assert torch.equal(outs[0], outs[1]) and rel_rms(outs[0], exact(x, norm, wg, wu, wd, "silu")) <= 1e-6
 
 
 def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):

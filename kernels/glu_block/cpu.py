@@ -37,7 +37,7 @@ def glu_block_cpp(x: Tensor, norm_weight: Tensor, eps: float, w_gate: Tensor, w_
         act = ACTIVATIONS.index(activation) if activation in ACTIVATIONS else -1
         if act >= 0:
             y = ext.glu_block(x, norm_weight, eps, w_gate, w_up, w_down, act, MAX_ROWS, avx2,
-                              gemv.PREFETCH_BYTES, gemv.MIN_PARALLEL_BYTES)
+                              gemv.PREFETCH_BYTES, gemv.MIN_PARALLEL_BYTES, gemv.FAR_WEIGHT_BYTES)
             if y is not None:
                 return y
     return glu_block_reference(x, norm_weight, eps, w_gate, w_up, w_down, activation)

@@ -1,5 +1,5 @@
-// What every latentlm C++ CPU kernel shares: the CPU feature check and the input checks by which a
-// kernel decides whether it takes its inputs (when not, it answers None and the Python wrapper calls the
+// What every latentlm C++ CPU kernel shares: the CPU feature checks, prefetching, and the input checks
+// by which a kernel decides whether it takes its inputs (when not, it answers None and the Python wrapper calls the
 // PyTorch reference). On the include path of every extension (kernels/cpp_build.py), and hashed into
 // each one's build digest.
 #pragma once
@@ -49,6 +49,17 @@ inline bool has_avx512() {
 #else
   return false;
 #endif
+}
+
+// Prefetch the cache line at `p` for reading: into L2 when `far` (data streamed from memory: an L1
+// prefetch holds one of the core's few L1 miss buffers until its line arrives, which caps a core's
+// stream from memory well below the memory's speed; L2 has several times as many, and the hardware L1
+// prefetcher brings the lines on from L2), else into L1 (data that the last-level cache holds).
+inline void prefetch_line(const void* p, bool far) {
+  if (far)
+    __builtin_prefetch(p, 0, 2);  // T1
+  else
+    __builtin_prefetch(p, 0, 3);  // T0
 }
 
 // An fp32 tensor on the CPU.

@@ -45,14 +45,20 @@ namespace {
 
 constexpr double kLog2e = 1.4426950408889634;
 constexpr int64_t kBlockBytes = 16384;  // AVX2: a block's value rows, reused across D slices from L1
-// AVX2 prefetching: while a block's keys are scored, the next block's key rows; while its values are
-// summed (P V), the next block's value rows, a line or two per key. Memory requests so stay in flight
-// through every phase. Before, the value rows were prefetched with their keys, the memory sat idle during
-// P V, and grouped queries (more compute per byte) streamed at ~10 GB/s where a plain read does ~17-20.
-// 2-core AMD EPYC, caches evicted before each call, old -> new: 64k keys 4 / 1 x 64 2.47 -> 1.85 ms,
-// 16 / 4 x 64 10.9 -> 7.4 ms, 24 / 8 x 128 35.4 -> 32.6 ms, 4 / 4 x 64 7.07 -> 6.89 ms. Caches already in
-// L2/L3 (called twice in a row) pay for the extra prefetch instructions: 0-9% slower (1k keys 4 / 1 x 64
-// 0.026-0.029 -> 0.028-0.030 ms), 24 / 8 x 128 at 16k still 1.1-1.3x faster.
+// Prefetching (both vector paths): while a block's keys are scored, the next block's key rows; while its
+// values are summed (P V), the next block's value rows, a line or two per key. Memory requests so stay
+// in flight through every phase. Before, the value rows were prefetched with their keys, the memory sat
+// idle during P V, and grouped queries (more compute per byte) streamed at ~10 GB/s where a plain read
+// does ~17-20. 2-core AMD EPYC, caches evicted before each call, old -> new: 64k keys 4 / 1 x 64 2.47 ->
+// 1.85 ms, 16 / 4 x 64 10.9 -> 7.4 ms, 24 / 8 x 128 35.4 -> 32.6 ms, 4 / 4 x 64 7.07 -> 6.89 ms.
+// Where the lines go depends on where the cache lives (`far`, set by the caller from its size). A cache
+// that comes from memory on every call (larger than the last-level cache can keep between a model's
+// layers) is prefetched into L2 (latentlm::prefetch_line): L1 prefetches capped a core's stream from
+// memory at ~15-20 GB/s. 2-core AMD EPYC (Zen 4),
+// fastest of 20 interleaved calls, L1 -> L2: 24 / 8 x 128 at 16k keys (128 MiB) 8.07 -> 4.65 ms, fp16
+// 4.53 -> 2.98 ms; 4 / 4 x 64 at 16k (32 MiB) 0.70 -> 0.51 ms; in the preset yoco-3b at 16k, 468 -> 410
+// ms per token. A cache that stays in L3 is prefetched into L1 (T0): YOCO 4 / 1 x 64 at 16k (8 MiB)
+// decoded 1.03-1.13x faster so, inside a d=256 model, than with L2 prefetches.
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round8(int64_t x) { return (x + 7) & ~int64_t(7); }
@@ -66,6 +72,7 @@ struct Problem {
   const void* v;
   int64_t ksb, ksh, vsb, vsh;  // batch and head strides of k and v
   float qscale;                // scale * log2(e)
+  bool far;                    // prefetch into L2, not L1: a cache that comes from memory
   float* acc;                  // [items, G, D] exp2-weighted sums of value rows
   float* mx;                   // [items, G] max score (log2 units)
   float* sm;                   // [items, G] sum of exp2(score - max)
@@ -248,9 +255,10 @@ struct LineStream {
   const char* next;
   int64_t lines;  // to cover in all
   int64_t per;
+  bool far;
 
   DA_AVX2_INLINE void step() {
-    for (int64_t i = 0; i < per; ++i, next += 64) _mm_prefetch(next, _MM_HINT_T0);
+    for (int64_t i = 0; i < per; ++i, next += 64) latentlm::prefetch_line(next, far);
   }
 };
 
@@ -348,7 +356,7 @@ DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, fl
       for (int t = 0; t < 8; ++t) r[t] = kb + std::min(jb + t, nb - 1) * D;
       const bool partial = jb + 8 > nb;
       const char* ahead = reinterpret_cast<const char*>(kb + (BK + jb) * D);  // the next block's 8 rows
-      for (int64_t o = 0; o < 8 * D * int64_t(sizeof(T)); o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+      for (int64_t o = 0; o < 8 * D * int64_t(sizeof(T)); o += 64) latentlm::prefetch_line(ahead + o, P.far);
       const __m256 valid = _mm256_castsi256_ps(lanes_below(nb - jb));
       for (int64_t i = 0; i < G; ++i) {
         __m256 s = dot8<NV, T>(qs + i * DP, r, D8, tail, dmask);
@@ -376,7 +384,7 @@ DA_AVX2 void item_avx2_impl(const Problem& P, int64_t w, float* qs, float* p, fl
     }
     // 3. acc = al acc + p V, queries in blocks of 4 (then 3, 2, 1), the next block's value rows prefetched
     const int64_t next_rows = std::min(BK, n - b0 - nb);
-    LineStream values{reinterpret_cast<const char*>(vb + nb * D), (next_rows * D * int64_t(sizeof(T)) + 63) / 64, 1};
+    LineStream values{reinterpret_cast<const char*>(vb + nb * D), (next_rows * D * int64_t(sizeof(T)) + 63) / 64, 1, P.far};
     int64_t i = 0;
     for (; i + 4 <= G; i += 4) pv_rows<4, 2, T>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
     if (G - i == 3) pv_rows<3, 4, T>(p + i * BK, BK, vb, D, nb, dmask, al + i, aw + i * D, values);
@@ -575,7 +583,7 @@ DA_AVX512 void group_block512(const Problem& P, const float* qs, const T* kb, co
     for (int kk = 0; kk < KB; ++kk) r[kk] = kb + std::min<int64_t>(j0 + kk, nb - 1) * D;
     if (prefetch) {
       const char* ahead = reinterpret_cast<const char*>(kb + (P.BK + j0) * D);
-      for (int64_t o = 0; o < KB * D * int64_t(sizeof(T)); o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+      for (int64_t o = 0; o < KB * D * int64_t(sizeof(T)); o += 64) latentlm::prefetch_line(ahead + o, P.far);
     }
     __m512 s = score_tile<QB, NV, T>(qs, DP, r, DV, tail);
     if (j0 + KB > nb) {  // lanes of keys past nb
@@ -604,7 +612,8 @@ DA_AVX512 void group_block512(const Problem& P, const float* qs, const T* kb, co
   }
   for (int qi = 0; qi < QB; ++qi) lw[qi] = lw[qi] * al[qi] + _mm512_mask_reduce_add_ps(query_lanes<QB>(qi), sv);
   // 3. acc = al acc + p V, the next block's value rows prefetched
-  LineStream values{reinterpret_cast<const char*>(vb + nb * D), prefetch ? (next_rows * D * int64_t(sizeof(T)) + 63) / 64 : 0, 1};
+  LineStream values{reinterpret_cast<const char*>(vb + nb * D), prefetch ? (next_rows * D * int64_t(sizeof(T)) + 63) / 64 : 0, 1,
+                    P.far};
   constexpr int R = QB == 4 ? 4 : 8;
   pv_rows512<QB, R, T>(pg, vb, D, nb, tail, al, aw, values);
 }
@@ -692,7 +701,7 @@ int64_t best_isa(int64_t group) {
 }
 
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t chunk,
-                               int64_t isa) {
+                               int64_t isa, bool far) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
   const bool half = k.scalar_type() == at::kHalf;
   TORCH_CHECK(q.scalar_type() == at::kFloat && (k.scalar_type() == at::kFloat || half) &&
@@ -722,7 +731,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   Problem P{H, G, D, S, chunk, C, DP, round8(chunk), BK,
             q.data_ptr<float>(), k.data_ptr(), v.data_ptr(),
             k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            static_cast<float>(scale * kLog2e), nullptr, nullptr, nullptr};
+            static_cast<float>(scale * kLog2e), far, nullptr, nullptr, nullptr};
   P.acc = partial.data_ptr<float>();
   P.mx = P.acc + items * G * D;
   P.sm = P.mx + items * G;

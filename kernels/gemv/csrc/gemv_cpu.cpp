@@ -22,7 +22,7 @@ using latentlm::fp32_cpu;
 c10::optional<torch::Tensor> small_batch_linear(const torch::Tensor& x, const torch::Tensor& w,
                                                 const c10::optional<torch::Tensor>& bias, int64_t max_rows,
                                                 bool use_avx2, int64_t prefetch_bytes, int64_t min_parallel_bytes,
-                                                int64_t block_rows) {
+                                                int64_t block_rows, int64_t far_bytes) {
   TORCH_CHECK(block_rows == 0 || block_rows == 1 || block_rows == 2 || block_rows == 4 || block_rows == 8,
               "block_rows must be 0 (auto), 1, 2, 4 or 8");
   const bool has_bias = bias.has_value() && bias->defined();
@@ -42,7 +42,7 @@ c10::optional<torch::Tensor> small_batch_linear(const torch::Tensor& x, const to
   shape.back() = N;
   torch::Tensor y = torch::empty(shape, x.options());
   if (N == 0) return y;
-  gemv({xc.data_ptr<float>(), w.data_ptr<float>(), bp, y.data_ptr<float>(), M, K, N, prefetch_bytes}, use_avx2,
+  gemv({xc.data_ptr<float>(), w.data_ptr<float>(), bp, y.data_ptr<float>(), M, K, N, prefetch_bytes, far_bytes}, use_avx2,
        min_parallel_bytes, block_rows);
   return y;
 }
@@ -54,8 +54,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "latentlm small-batch fp32 linear layer (GEMV) for CPU";
   m.def("small_batch_linear", &lg::small_batch_linear,
         "y [..., N] = x [..., K] . w^T + bias (w [N, K] contiguous fp32, at most max_rows rows of x), or None "
-        "for inputs the kernel does not take; block_rows 0 picks R from the rows of x",
+        "for inputs the kernel does not take; block_rows 0 picks R from the rows of x; w of far_bytes or more is "
+        "prefetched into L2",
         py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("max_rows"), py::arg("avx2") = true,
-        py::arg("prefetch_bytes") = 4096, py::arg("min_parallel_bytes") = 0, py::arg("block_rows") = 0);
+        py::arg("prefetch_bytes") = 4096, py::arg("min_parallel_bytes") = 0, py::arg("block_rows") = 0,
+        py::arg("far_bytes") = 16 << 20);
   m.def("supports_avx2", &latentlm::has_avx2, "whether this CPU runs the AVX2+FMA path");
 }

@@ -15,6 +15,7 @@ struct Job {
   float* y;
   int64_t M, K, N;
   int64_t prefetch_bytes;  // software prefetch distance per thread (0: none)
+  int64_t far_bytes;       // matrices w of this many bytes or more are prefetched into L2, smaller into L1
 };
 
 // y = x . w^T + bias over the threads (at::parallel_for): each takes a contiguous range of w's rows,

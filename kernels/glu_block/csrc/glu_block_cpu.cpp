@@ -52,7 +52,7 @@ void gate(float* g, const float* u, int64_t count, int64_t act) {
 c10::optional<torch::Tensor> glu_block(const torch::Tensor& x, const torch::Tensor& norm_weight, double eps,
                                        const torch::Tensor& w_gate, const torch::Tensor& w_up,
                                        const torch::Tensor& w_down, int64_t act, int64_t max_rows, bool use_avx2,
-                                       int64_t prefetch_bytes, int64_t min_parallel_bytes) {
+                                       int64_t prefetch_bytes, int64_t min_parallel_bytes, int64_t far_bytes) {
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (SiLU) or 1 (ReLU^2)");
   if (x.dim() < 1 || !fp32_cpu_contiguous(x) || !fp32_cpu_contiguous(norm_weight) || !fp32_cpu_contiguous(w_gate) ||
       !fp32_cpu_contiguous(w_up) || !fp32_cpu_contiguous(w_down) || w_gate.dim() != 2 || w_down.dim() != 2)
@@ -72,12 +72,12 @@ c10::optional<torch::Tensor> glu_block(const torch::Tensor& x, const torch::Tens
   const float* xp = x.data_ptr<float>();
   rms_norm_rows(xp, norm_weight.data_ptr<float>(), static_cast<float>(eps), M, D, n);
   namespace lg = latentlm_gemv;
-  lg::gemv({n, w_gate.data_ptr<float>(), nullptr, g, M, D, F, prefetch_bytes}, use_avx2, min_parallel_bytes, 0);
-  lg::gemv({n, w_up.data_ptr<float>(), nullptr, u, M, D, F, prefetch_bytes}, use_avx2, min_parallel_bytes, 0);
+  lg::gemv({n, w_gate.data_ptr<float>(), nullptr, g, M, D, F, prefetch_bytes, far_bytes}, use_avx2, min_parallel_bytes, 0);
+  lg::gemv({n, w_up.data_ptr<float>(), nullptr, u, M, D, F, prefetch_bytes, far_bytes}, use_avx2, min_parallel_bytes, 0);
   gate(g, u, M * F, act);
   torch::Tensor y = torch::empty_like(x);
   float* yp = y.data_ptr<float>();
-  lg::gemv({g, w_down.data_ptr<float>(), nullptr, yp, M, F, D, prefetch_bytes}, use_avx2, min_parallel_bytes, 0);
+  lg::gemv({g, w_down.data_ptr<float>(), nullptr, yp, M, F, D, prefetch_bytes, far_bytes}, use_avx2, min_parallel_bytes, 0);
   for (int64_t i = 0; i < M * D; ++i) yp[i] += xp[i];
   return y;
 }
@@ -88,6 +88,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "x + down(act(gate(n)) * up(n)), n = rms_norm(x) * norm_weight, or None for inputs the kernel does not take",
         py::arg("x"), py::arg("norm_weight"), py::arg("eps"), py::arg("w_gate"), py::arg("w_up"), py::arg("w_down"),
         py::arg("act"), py::arg("max_rows"), py::arg("avx2") = true, py::arg("prefetch_bytes") = 4096,
-        py::arg("min_parallel_bytes") = 0);
+        py::arg("min_parallel_bytes") = 0, py::arg("far_bytes") = 16 << 20);
   m.def("supports_avx2", &latentlm::has_avx2, "whether this CPU runs the AVX2+FMA path");
 }

@@ -31,6 +31,7 @@ from latentlm.backbones.yoco import YOCOState
 from latentlm.kernels import dispatch
 from latentlm.kernels.decode_attention import cpu as decode_cpu
 from latentlm.kernels.decode_attention import decode_attention_reference
+from latentlm.kernels.gemv import cpu as gemv_cpu
 from latentlm.kernels.dilated_attention import dilated_attention
 
 
@@ -90,10 +91,19 @@ def environment(**values: str | None):
                 os.environ[name] = value
 
 
-def kernels(use: bool, decode_isa: str | None = None):
+@contextlib.contextmanager
+def kernels(use: bool, decode_isa: str | None = None, l1_prefetch: bool = False):
     """Run with the fused kernels (`use`) or with every op's PyTorch reference (LATENTLM_KERNELS=reference);
-    `decode_isa` forces the decode-attention kernel's ISA path (None: its default)."""
-    return environment(LATENTLM_KERNELS=None if use else "reference", **{decode_cpu.PATHS.env: decode_isa})
+    `decode_isa` forces the decode-attention kernel's ISA path (None: its default); `l1_prefetch` makes
+    every kernel prefetch into L1, data from memory included (as before 2026-12-03)."""
+    far = decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES
+    if l1_prefetch:
+        decode_cpu.FAR_CACHE_BYTES = gemv_cpu.FAR_WEIGHT_BYTES = 1 << 62
+    try:
+        with environment(LATENTLM_KERNELS=None if use else "reference", **{decode_cpu.PATHS.env: decode_isa}):
+            yield
+    finally:
+        decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES = far
 
 
 def synchronize(device: torch.device) -> None:
@@ -102,20 +112,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-DECODE_ROUNDS = 25  # rounds of the decode tables; a noisy round on this shared machine adds ~1 ms at batch 1
-# (9 before 2026-12-03, when rounds at the floor became rarer: the d=256 steps varied by 1.5x within a run)
+DECODE_ROUNDS = 60  # rounds of the decode tables; a noisy round on this shared machine adds ~1 ms at batch 1
+# (9 before 2026-12-03, then 25 when rounds at the floor became rarer; 60 since a run at 25 still read the
+# same d=256 step 1.2x apart in two tables, and each round costs little)
 
 
 @torch.no_grad()
 def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_ROUNDS) -> dict:
     """Milliseconds per decoding step (one token for each of `batch` sequences) for each case
-    {key: (model, config, context)}, {key: (model, config, context, use_kernels)} or {key: (model,
-    config, context, use_kernels, decode_isa)}, from a state of `context` positions, in the steady state.
+    {key: (model, config, context, *settings)}, settings being `kernels`' arguments (none: the defaults),
+    from a state of `context` positions, in the steady state.
 
     The first token after a prefill copies the KV cache once into a buffer with spare room (later
     tokens are written in place); that one step is the warm-up and is not timed. The cases take
-    turns, `rounds` times, each continuing its own sequence by `steps` tokens; the fastest round
-    counts (the machine is shared, and noise only ever adds time). Each case runs on its model's
+    turns, `rounds` times (every other round in reverse order), each continuing its own sequence by
+    `steps` tokens; the fastest round counts (the machine is shared, and noise only ever adds time). Each case runs on its model's
     device (on a GPU, the clock reads after a synchronize)."""
     states, best = {}, {}
     for key, (model, config, context, *use) in cases.items():
@@ -123,8 +134,11 @@ def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_
         x = torch.randn(batch, 1, config.d_model, device=device)
         with kernels(*(use or [True])):
             states[key] = (x, model(x, random_state(model, config.kind, config, context, batch, device))[1])
-    for _ in range(rounds):
-        for key, (model, _, _, *use) in cases.items():
+    order = list(cases.items())
+    for r in range(rounds):
+        # every other round in reverse: a case that ran right after another on the same model would find
+        # the weights in the caches (5-10% faster at d=256 in identical settings when the order was fixed)
+        for key, (model, _, _, *use) in order if r % 2 == 0 else order[::-1]:
             x, s = states[key]
             with kernels(*(use or [True])):
                 synchronize(x.device)
@@ -290,10 +304,15 @@ def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_
             f"Contexts take turns, 7 rounds of 4 tokens; the fastest round counts.")
 
 
+PRESET_ROUNDS = 10  # rounds of the published-size decode table (5 before 2026-12-03, when one run read yoco-3b's
+# fp32 step at 422 ms at 1k and 375 ms at 16k)
+
+
 @torch.no_grad()
 def preset_decode_section(name: str, contexts: list[int], device: str = "cpu") -> str:
     """Decode flatness of a published-size preset (random weights: decode cost does not depend on them),
-    with its global KV cache in fp32 and, same weights, in fp16 (YOCO's `kv_dtype`), side by side."""
+    with its global KV cache in fp32 and, same weights, in fp16 (YOCO's `kv_dtype`), and on the CPU with
+    every kernel prefetching into L1 (as before 2026-12-03), side by side."""
     config = preset(name)
     with torch.device("meta"):
         model = build_backbone(config)
@@ -301,12 +320,15 @@ def preset_decode_section(name: str, contexts: list[int], device: str = "cpu") -
     for p in model.parameters():
         p.normal_(0.0, 0.02)
     n_params = sum(p.numel() for p in model.parameters())
-    variants = {"fp32": (model, config)}
+    variants = {"fp32 cache": (model, config, False)}
     if config.kind == "yoco":
         half = copy.copy(model)  # shares every parameter and submodule; only the config differs
         half.config = config.model_copy(update={"kv_dtype": "float16"})
-        variants["fp16 KV"] = (half, half.config)
-    ms = decode_ms({(v, c): (m, cfg, c) for v, (m, cfg) in variants.items() for c in contexts}, steps=2, rounds=5)
+        variants["fp16 KV cache"] = (half, half.config, False)
+    if device == "cpu":
+        variants["fp32 cache, L1 prefetch"] = (model, config, True)  # the kernels as before 2026-12-03
+    ms = decode_ms({(v, c): (m, cfg, c, True, None, l1) for v, (m, cfg, l1) in variants.items() for c in contexts},
+                   steps=2, rounds=PRESET_ROUNDS)
     names = list(variants)
     del model, variants
     lo, hi = contexts[0], contexts[-1]
@@ -314,11 +336,15 @@ def preset_decode_section(name: str, contexts: list[int], device: str = "cpu") -
     kv = f"{config.n_heads} heads / {config.kv_heads} KV heads"
     return (f"### Decode step of the preset `{name}` ({n_params / 1e9:.2f}B parameters, d={config.d_model}, "
             f"{config.n_layers} layers, {kv}), batch 1, fp32" + (f", on {device}" if device != "cpu" else "") + "\n\n"
-            + table(["context"] + [f"ms / token, {v} cache" for v in flat],
+            + table(["context"] + [f"ms / token, {v}" for v in flat],
                     [[f"{c:,}"] + [f"{ms[v, c]:.0f}" if ms[v, c] >= 100 else f"{ms[v, c]:.2f}" for v in flat]
                      for c in contexts])
-            + f"\n\n- Flatness {lo:,} -> {hi:,}: " + ", ".join(f"{v} cache {f:.2f}x" for v, f in flat.items())
-            + " (bar <= 1.3x). Variants and contexts take turns, 5 rounds of 2 tokens; the fastest round counts.")
+            + f"\n\n- Flatness {lo:,} -> {hi:,}: " + ", ".join(f"{v} {f:.2f}x" for v, f in flat.items())
+            + f" (bar <= 1.3x). Variants and contexts take turns, {PRESET_ROUNDS} rounds of 2 tokens; the fastest round counts."
+            + ("\n- \"L1 prefetch\": the same model with every kernel prefetching into L1, as before 2026-12-03 "
+               "(\"Prefetching into L2\" below); its time over the fp32 cache's now: "
+               + ", ".join(f"{ms['fp32 cache, L1 prefetch', c] / ms['fp32 cache', c]:.2f}x at {c:,}" for c in contexts)
+               + "." if "fp32 cache, L1 prefetch" in flat else ""))
 
 
 def read_bandwidth(nbytes: int = 256 * 2**20, rounds: int = 5) -> float:
@@ -446,6 +472,80 @@ def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: l
             + f"\n\nYOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
             f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
             + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], steps))
+
+
+@contextlib.contextmanager
+def prefetch_target(far: bool):
+    """Every kernel prefetches into L2 (`far`) or into L1, whatever the size of its data."""
+    before = decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES
+    decode_cpu.FAR_CACHE_BYTES = gemv_cpu.FAR_WEIGHT_BYTES = 0 if far else 1 << 62
+    try:
+        yield
+    finally:
+        decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES = before
+
+
+@torch.no_grad()
+def prefetch_section(d: int, layers: int, heads: int, contexts: list[int], rounds: int = 20) -> str:
+    """Prefetching into L2 vs into L1, side by side: decode attention and the small-batch linear layer
+    alone (forced each way, warm and evicted), then decode steps with the default (L2 for data of 16 MiB
+    or more) against L1 everywhere (the kernels before 2026-12-03)."""
+    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    ops = []
+    for h, hkv, dh in [(4, 1, 64), (4, 4, 64), (24, 8, 128)]:
+        q, k, v = torch.randn(1, h, 1, dh), torch.randn(1, hkv, contexts[-1], dh), torch.randn(1, hkv, contexts[-1], dh)
+        ops.append((f"decode attention {h} / {hkv} x {dh}, {contexts[-1]:,} keys", 2 * k.numel() * 4,
+                    decode_cpu.FAR_CACHE_BYTES, lambda q=q, k=k, v=v: decode_cpu.decode_attention_cpp(q, k, v)))
+    for n, k_in in [(768, 256), (2048, 2048), (3072, 3072), (8192, 3072)]:
+        x, w = torch.randn(1, k_in), torch.randn(n, k_in)
+        ops.append((f"linear [1, {k_in}] x [{k_in}, {n}]", w.numel() * 4, gemv_cpu.FAR_WEIGHT_BYTES,
+                    lambda x=x, w=w: gemv_cpu.small_batch_linear_cpp(x, w)))
+    rows = []
+    for name, nbytes, threshold, call in ops:
+        best = {(far, cold): float("inf") for far in (False, True) for cold in (False, True)}
+        for _ in range(rounds):
+            for far, cold in best:
+                with prefetch_target(far):
+                    if cold:
+                        evictor.add_(1.0)
+                    t0 = time.perf_counter()
+                    call()
+                    best[far, cold] = min(best[far, cold], 1e3 * (time.perf_counter() - t0))
+        rows.append([name, f"{nbytes / 2**20:.1f} MiB", *(f"{best[far, cold]:.3f}" for cold in (False, True)
+                                                          for far in (False, True)),
+                     f"{best[False, False] / best[True, False]:.2f}x", f"{best[False, True] / best[True, True]:.2f}x",
+                     "L2" if nbytes >= threshold else "L1"])
+    models = {}
+    for kind, kv in [("transformer", None), ("yoco", heads), ("yoco", 1)]:
+        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv)
+        torch.manual_seed(0)
+        models[kind if kind != "yoco" else yoco_name(heads, kv, "float32")] = (build_backbone(config).eval(), config)
+    lo, hi = contexts[0], contexts[-1]
+    ms = decode_ms({(name, c, l1): (m, cfg, c, True, None, l1) for name, (m, cfg) in models.items()
+                    for c in (lo, hi) for l1 in (True, False)})
+
+    def goes_to_l2(model, cfg, context: int) -> bool:  # a KV cache (one layer's) or a weight matrix at the threshold
+        cache = 2 * cfg.kv_heads * context * cfg.head_dim * 4
+        weight = max(p.numel() * 4 for p in model.parameters() if p.dim() == 2)
+        return cache >= decode_cpu.FAR_CACHE_BYTES or weight >= gemv_cpu.FAR_WEIGHT_BYTES
+
+    steps = [[name, f"{c:,}", "yes" if goes_to_l2(m, cfg, c) else "no (same setting: the run's noise)",
+              f"{ms[name, c, True]:.2f}", f"{ms[name, c, False]:.2f}", f"{ms[name, c, True] / ms[name, c, False]:.2f}x"]
+             for name, (m, cfg) in models.items() for c in (lo, hi)]
+    return ("### Prefetching into L2 (data from memory) vs into L1\n\n"
+            "The kernels prefetch the next block of their data while they work on this one. Data that comes from "
+            f"memory (caches of {decode_cpu.FAR_CACHE_BYTES / 2**20:.0f} MiB or more, weights of "
+            f"{gemv_cpu.FAR_WEIGHT_BYTES / 2**20:.0f} MiB or more: more than the last-level cache keeps between a "
+            "model's layers) is now prefetched into L2, the rest into L1 as before: an L1 prefetch holds one of a "
+            "core's few L1 miss buffers until its line arrives, which held the stream from memory back.\n\n"
+            f"The op alone, each target forced, taking turns, fastest of {rounds} calls; \"evicted\": right after "
+            "96 MiB have been written; \"default\": the target a call takes unless forced.\n\n"
+            + table(["op", "data", "L1 (ms)", "L2 (ms)", "L1 evicted (ms)", "L2 evicted (ms)", "L2 speed-up",
+                     "speed-up, evicted", "default"], rows)
+            + f"\n\nDecode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, fp32: the default against every "
+            f"kernel prefetching into L1, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
+            + table(["model", "context", "default prefetches into L2", "L1 prefetch (ms)", "default (ms)", "speed-up"],
+                    steps))
 
 
 @torch.no_grad()
@@ -652,6 +752,7 @@ def main() -> None:
                  decode_attention_section([(4, 1, 32)], [256, 1024]),
                  decode_attention_fp16_section([(4, 1, 32)], [256, 1024]),
                  decode_attention_isa_section([(4, 1, 32)], [256, 1024], 64, 4, 2, rounds=5),
+                 prefetch_section(64, 4, 2, [256, 1024], rounds=3),
                  yoco_section(64, 4, 2, 512),
                  longnet_section(2, 32, [1024, 2048], [128, 256], [1, 2]),
                  peer_section(64, 4, 2, [128, 512], prefill=128, check=128)]
@@ -666,6 +767,7 @@ def main() -> None:
                  decode_attention_section([(4, 4, 64), (4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  decode_attention_fp16_section([(4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  decode_attention_isa_section([(4, 1, 64), (4, 4, 64), (24, 8, 128)], [1024, 16384], 256, 12, 4),
+                 prefetch_section(256, 12, 4, [1024, 16384]),
                  yoco_section(256, 12, 4, 8192),
                  longnet_section(4, 64, [8192, 16384, 32768], [1024, 2048, 4096, 8192, 16384], [1, 2, 4, 8, 16]),
                  peer_section(256, 12, 4, [512, 2048], prefill=1024, check=256)]

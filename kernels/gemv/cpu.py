@@ -32,7 +32,8 @@ PREFETCH_BYTES = 4096  # software prefetch distance per thread, bytes of weights
 MIN_PARALLEL_BYTES = 192 << 10  # smaller weights are read by the calling thread alone (faster below ~200 KiB)
 # Weights of this many bytes or more are prefetched into L2, smaller ones into L1: a matrix too large for
 # the last-level cache comes from memory, and L1 prefetches held back that stream (2-core AMD EPYC, Zen 4,
-# 32 MiB L3: 1.1-1.4x faster at 36-96 MiB, 2-20% slower at <= 16 MiB held in the caches; csrc/gemv_kernel.cpp).
+# 32 MiB L3: 1.01-1.11x faster in the fastest of 40 rounds, 1.06-1.49x in the median, at 16-108 MiB from
+# memory; 2-20% slower at <= 16 MiB held in the caches; csrc/gemv_kernel.cpp).
 FAR_WEIGHT_BYTES = 16 << 20
 
 

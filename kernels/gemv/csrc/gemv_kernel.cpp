@@ -22,10 +22,10 @@
 //   long ones); before its first block a thread fetches the start of each of its streams at once.
 //   Matrices of far_bytes or more (they come from memory, not from the last-level cache) are
 //   prefetched into L2, smaller ones into L1 (latentlm::prefetch_line). 2-core AMD EPYC (Zen 4), M = 1,
-//   fastest of 30 interleaved calls, L1 -> L2: [3072, 3072] (36 MiB) 0.73 -> 0.67 ms, caches evicted
-//   first 1.22 -> 0.91 ms; [8192, 3072] 2.73 -> 2.15 ms; [3072, 3072] at M = 8 2.13 -> 1.83 ms. Matrices
-//   of 16 MiB and less that the caches hold ran 2-20% slower so ([768, 256] 6 -> 7 us, [2048, 2048]
-//   0.132 -> 0.150 ms), and about even evicted (0.85-1.05x).
+//   weights from memory (copies cycled through), 40 interleaved rounds, L1 -> L2: [3072, 3072],
+//   [8192, 3072], [3072, 8192], [9216, 3072], [2048, 2048] 1.01-1.11x faster in the fastest round,
+//   1.06-1.49x in the median one, never slower. Matrices of 16 MiB and less that the caches hold ran
+//   2-20% slower so ([768, 256] 6 -> 7 us, [2048, 2048] 0.132 -> 0.150 ms).
 // - K tails (K % 8) use masked loads (zeros beyond K); rows left over (< R per thread) go in blocks
 //   of one row. Horizontal sums are done four at a time.
 // - The AVX2+FMA code lives in functions with target attributes (a lambda does not inherit them),

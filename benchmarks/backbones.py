@@ -274,6 +274,9 @@ def kernels_section(d: int, layers: int, heads: int, contexts: list[int], yoco_k
             + table(["backbone", "context", "references (ms)", "kernels (ms)", "speed-up"], rows))
 
 
+SIZE_ROUNDS = 15  # rounds of the size table (7 before 2026-12-03, when d=512 read 1.28x and 1.38x in two runs)
+
+
 @torch.no_grad()
 def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_dim: int = 64, group: int = 4) -> str:
     """YOCO's decode flatness as the model grows at a fixed depth: d in `widths`, heads of `head_dim`,
@@ -288,7 +291,7 @@ def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_
         model = build_backbone(config).eval()
         weights = 4 * sum(p.numel() for p in model.parameters())
         kv_reads = len(model.cross_blocks) * 2 * config.kv_heads * head_dim * hi * 4  # bytes per token at `hi`
-        ms = decode_ms({c: (model, config, c) for c in contexts}, steps=4, rounds=7)
+        ms = decode_ms({c: (model, config, c) for c in contexts}, steps=4, rounds=SIZE_ROUNDS)
         flat[d] = ms[hi] / ms[lo]
         rows.append([f"{d}", f"{heads}/{config.kv_heads}", f"{weights / 2**20:,.1f} MiB", f"{kv_reads / 2**20:,.1f} MiB",
                      f"{kv_reads / weights:.2f}", f"{ms[lo]:.2f}", f"{ms[hi]:.2f}", f"{flat[d]:.2f}x"])
@@ -301,7 +304,7 @@ def yoco_size_section(widths: list[int], layers: int, contexts: list[int], head_
             "whole global KV: the context's cost stands against the weights', so the ratio follows the KV reads / "
             "weights column, lowered where the global KV stays in the last-level cache between layers."
             + f"\n- Within the bar (<= 1.3x): {', '.join(met) if met else 'none'}. "
-            f"Contexts take turns, 7 rounds of 4 tokens; the fastest round counts.")
+            f"Contexts take turns, {SIZE_ROUNDS} rounds of 4 tokens; the fastest round counts.")
 
 
 PRESET_ROUNDS = 10  # rounds of the published-size decode table (5 before 2026-12-03, when one run read yoco-3b's

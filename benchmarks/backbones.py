@@ -92,18 +92,26 @@ def environment(**values: str | None):
 
 
 @contextlib.contextmanager
+def prefetch_target(far: bool | None = None):
+    """Every kernel prefetches into L2 (`far`) or into L1, whatever the size of its data; None: by size,
+    the default (caches and weights of 16 MiB or more into L2)."""
+    before = decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES
+    if far is not None:
+        decode_cpu.FAR_CACHE_BYTES = gemv_cpu.FAR_WEIGHT_BYTES = 0 if far else 1 << 62
+    try:
+        yield
+    finally:
+        decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES = before
+
+
+@contextlib.contextmanager
 def kernels(use: bool, decode_isa: str | None = None, l1_prefetch: bool = False):
     """Run with the fused kernels (`use`) or with every op's PyTorch reference (LATENTLM_KERNELS=reference);
     `decode_isa` forces the decode-attention kernel's ISA path (None: its default); `l1_prefetch` makes
     every kernel prefetch into L1, data from memory included (as before 2026-12-03)."""
-    far = decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES
-    if l1_prefetch:
-        decode_cpu.FAR_CACHE_BYTES = gemv_cpu.FAR_WEIGHT_BYTES = 1 << 62
-    try:
-        with environment(LATENTLM_KERNELS=None if use else "reference", **{decode_cpu.PATHS.env: decode_isa}):
-            yield
-    finally:
-        decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES = far
+    env = {"LATENTLM_KERNELS": None if use else "reference", decode_cpu.PATHS.env: decode_isa}
+    with prefetch_target(False if l1_prefetch else None), environment(**env):
+        yield
 
 
 def synchronize(device: torch.device) -> None:
@@ -475,17 +483,6 @@ def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: l
             + f"\n\nYOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
             f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
             + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], steps))
-
-
-@contextlib.contextmanager
-def prefetch_target(far: bool):
-    """Every kernel prefetches into L2 (`far`) or into L1, whatever the size of its data."""
-    before = decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES
-    decode_cpu.FAR_CACHE_BYTES = gemv_cpu.FAR_WEIGHT_BYTES = 0 if far else 1 << 62
-    try:
-        yield
-    finally:
-        decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES = before
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import os
 import time
 import warnings
@@ -134,8 +135,8 @@ def decode_ms(cases: dict, batch: int = 1, steps: int = 8, rounds: int = DECODE_
     The first token after a prefill copies the KV cache once into a buffer with spare room (later
     tokens are written in place); that one step is the warm-up and is not timed. The cases take
     turns, `rounds` times (every other round in reverse order), each continuing its own sequence by
-    `steps` tokens; the fastest round counts (the machine is shared, and noise only ever adds time). Each case runs on its model's
-    device (on a GPU, the clock reads after a synchronize)."""
+    `steps` tokens; the fastest round counts (the machine is shared, and noise only ever adds time).
+    Each case runs on its model's device (on a GPU, the clock reads after a synchronize)."""
     states, best = {}, {}
     for key, (model, config, context, *use) in cases.items():
         device = next(model.parameters()).device
@@ -405,6 +406,21 @@ def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[
                      "SDPA enable_gqa (ms)", f"SDPA / {impl.name}", f"{impl.name}, cache evicted (ms)"], rows))
 
 
+def fastest_warm_and_evicted(calls: dict, rounds: int, evictor: torch.Tensor) -> dict:
+    """Fastest time (ms) of each zero-argument call in `calls` {key: fn}, warm and right after `evictor`
+    (larger than the last-level cache) is written, so that the call's data comes from memory:
+    {(key, evicted): ms}. The calls and both states take turns, `rounds` times."""
+    best = {(key, cold): float("inf") for key in calls for cold in (False, True)}
+    for _ in range(rounds):
+        for key, cold in best:
+            if cold:
+                evictor.add_(1.0)
+            t0 = time.perf_counter()
+            calls[key]()
+            best[key, cold] = min(best[key, cold], 1e3 * (time.perf_counter() - t0))
+    return best
+
+
 @torch.no_grad()
 def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: list[int], rounds: int = 20) -> str:
     """The decode-attention kernel on an fp16 cache (kv_dtype="float16") against the same values
@@ -417,14 +433,8 @@ def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: 
             q = torch.randn(1, h, 1, dh)
             half = [torch.randn(1, hkv, s, dh).half() for _ in range(2)]
             caches = {"fp32": [x.float() for x in half], "fp16": half}
-            best = {(dt, cold): float("inf") for dt in caches for cold in (False, True)}
-            for _ in range(rounds):
-                for (dt, cold) in best:
-                    if cold:
-                        evictor.add_(1.0)
-                    t0 = time.perf_counter()
-                    impl.fn(q, *caches[dt])
-                    best[dt, cold] = min(best[dt, cold], 1e3 * (time.perf_counter() - t0))
+            best = fastest_warm_and_evicted({dt: lambda kv=kv: impl.fn(q, *kv) for dt, kv in caches.items()},
+                                            rounds, evictor)
             rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", f"{2 * half[0].numel() * 4 / 2**20:.1f}",
                          *(f"{best[dt, cold]:.3f}" for cold in (False, True) for dt in caches),
                          f"{best['fp32', False] / best['fp16', False]:.2f}x",
@@ -452,14 +462,9 @@ def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: l
             for dtype in (torch.float32, torch.float16):
                 q = torch.randn(1, h, 1, dh)
                 k, v = (torch.randn(1, hkv, s, dh).to(dtype) for _ in range(2))
-                best = {(isa, cold): float("inf") for isa in ("avx2", "avx512") for cold in (False, True)}
-                for _ in range(rounds):
-                    for isa, cold in best:
-                        if cold:
-                            evictor.add_(1.0)
-                        t0 = time.perf_counter()
-                        decode_cpu.decode_attention_cpp(q, k, v, isa=isa)
-                        best[isa, cold] = min(best[isa, cold], 1e3 * (time.perf_counter() - t0))
+                best = fastest_warm_and_evicted(
+                    {isa: lambda isa=isa: decode_cpu.decode_attention_cpp(q, k, v, isa=isa) for isa in ("avx2", "avx512")},
+                    rounds, evictor)
                 rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", "fp16" if dtype == torch.float16 else "fp32",
                              *(f"{best[isa, cold]:.3f}" for cold in (False, True) for isa in ("avx2", "avx512")),
                              f"{best['avx2', False] / best['avx512', False]:.2f}x",
@@ -501,16 +506,13 @@ def prefetch_section(d: int, layers: int, heads: int, contexts: list[int], round
         ops.append((f"linear [1, {k_in}] x [{k_in}, {n}]", w.numel() * 4, gemv_cpu.FAR_WEIGHT_BYTES,
                     lambda x=x, w=w: gemv_cpu.small_batch_linear_cpp(x, w)))
     rows = []
+    def forced(call, far: bool):
+        with prefetch_target(far):
+            call()
+
     for name, nbytes, threshold, call in ops:
-        best = {(far, cold): float("inf") for far in (False, True) for cold in (False, True)}
-        for _ in range(rounds):
-            for far, cold in best:
-                with prefetch_target(far):
-                    if cold:
-                        evictor.add_(1.0)
-                    t0 = time.perf_counter()
-                    call()
-                    best[far, cold] = min(best[far, cold], 1e3 * (time.perf_counter() - t0))
+        best = fastest_warm_and_evicted({far: functools.partial(forced, call, far) for far in (False, True)},
+                                        rounds, evictor)
         rows.append([name, f"{nbytes / 2**20:.1f} MiB", *(f"{best[far, cold]:.3f}" for cold in (False, True)
                                                           for far in (False, True)),
                      f"{best[False, False] / best[True, False]:.2f}x", f"{best[False, True] / best[True, True]:.2f}x",

@@ -26,7 +26,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: 
 
     `mask` [B, 1, Tq, S] bool (True: may attend) or None; `causal` is SDPA's top-left aligned causal
     mask, for queries and keys at the same positions (Tq == S). k and v may be stored in lower
-    precision than q (an fp16 cache, `kv_dtype`): the decode kernel reads them so, SDPA gets them widened.
+    precision than q (an fp16 or bf16 cache, `kv_dtype`): the decode kernel reads them so, SDPA gets them
+    widened.
     """
     groups = q.shape[1] // k.shape[1]
     if q.shape[1] != groups * k.shape[1]:

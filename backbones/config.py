@@ -19,11 +19,13 @@ class BackboneConfig(BaseModel):
     # Grouped-query attention: key/value heads, each shared by n_heads // n_kv_heads query heads (None:
     # n_heads, plain multi-head attention). Transformer, BitNet and YOCO's global KV only.
     n_kv_heads: int | None = Field(None, ge=1)
-    # Storage of the KV cache (Transformer, BitNet; YOCO's global KV). "float16" rounds the keys and values
-    # to fp16 in every forward (gradients pass straight through) and caches them so: half the state and
-    # half the bytes each decoded token reads, and decoding still equals the full forward, which sees the
-    # same rounded values.
-    kv_dtype: Literal["float32", "float16"] = "float32"
+    # Storage of the KV cache (Transformer, BitNet; YOCO's global KV). "float16" and "bfloat16" round the
+    # keys and values to that dtype in every forward (gradients pass straight through) and cache them so:
+    # half the state and half the bytes each decoded token reads. With float16, decoding still equals the
+    # full forward, which sees the same rounded values. With bfloat16, the CPU decode kernel also computes
+    # in bf16 where the CPU has AVX-512 BF16 (queries and softmax weights rounded, as bf16 attention on
+    # GPUs): the fastest decoding, matching the full forward to bf16 precision (~1e-2), not exactly.
+    kv_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     ffn_mult: float = Field(8 / 3, gt=0)  # GLU hidden = ffn_mult * d_model, rounded to 8
     ffn_act: Literal["swiglu", "relu2"] = "swiglu"  # relu2: squared-ReLU GLU (BitNet b1.58)
     rope_theta: float = Field(10_000.0, gt=0)

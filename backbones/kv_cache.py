@@ -16,9 +16,9 @@ Appends that autograd tracks (grad enabled and a tensor that requires grad) are 
 an in-place write into storage that an earlier step saved for backward would break the backward pass.
 
 Precision (`BackboneConfig.kv_dtype`): `cache_rounded` gives keys and values as a cache of that dtype
-holds them (fp16: half the bytes), and the attention layers call it in every forward, so a decoded
-token sees the same numbers as the parallel forward. fp16 positions go into fp32 storage in place
-(exactly); the reverse would round, so it grows into fp32 storage instead.
+holds them (fp16, bf16: half the bytes), and the attention layers call it in every forward, so a
+decoded token sees the same numbers as the parallel forward. fp16 or bf16 positions go into fp32
+storage in place (exactly); the reverse would round, so it grows into fp32 storage instead.
 """
 from __future__ import annotations
 
@@ -44,18 +44,19 @@ def any_padding(valid: Tensor | None) -> bool:
 def cache_rounded(x: Tensor, kv_dtype: str) -> Tensor:
     """Keys or values [B, Hkv, T, Dh] as a cache of `kv_dtype` holds them (`BackboneConfig.kv_dtype`).
 
-    float16: without autograd, the fp16 tensor itself (what the cache stores and the decode kernel
-    reads); with autograd, x's dtype holding the fp16-rounded values, gradients passed straight through
-    (an fp16 backward would underflow small gradients). Either way attention sees the same numbers, so
-    decoding equals the parallel forward; only a value that two code paths compute an fp32 ulp apart
-    can round to neighbouring fp16 values (<= 5e-5 relative in the outputs, tests/test_transformer.py).
+    float16 / bfloat16: without autograd, the rounded tensor itself (what the cache stores and the
+    decode kernel reads); with autograd, x's dtype holding the rounded values, gradients passed straight
+    through (a 16-bit backward would lose small gradients). Either way attention sees the same numbers,
+    so decoding equals the parallel forward (bf16: up to the decode kernel's bf16 arithmetic, see
+    BackboneConfig.kv_dtype); only a value that two code paths compute an fp32 ulp apart can round to
+    neighbouring 16-bit values (fp16: <= 5e-5 relative in the outputs, tests/test_transformer.py).
     """
     if kv_dtype == "float32":
         return x
-    half = x.to(torch.float16)
+    rounded = x.to(getattr(torch, kv_dtype))
     if not (torch.is_grad_enabled() and x.requires_grad):
-        return half
-    return x + (half.to(x.dtype) - x).detach()
+        return rounded
+    return x + (rounded.to(x.dtype) - x).detach()
 
 
 class _Mark:

@@ -8,7 +8,9 @@
   heads (grouped-query attention, as YOCO 3B's 8 KV heads for 24 query heads; default n_heads) and
   grows in place while decoding (`KVBuffer`). `kv_dtype="float16"` stores it in half precision
   (keys and values rounded in every forward, so decoding still equals the full forward): half the
-  state, and half the bytes a decoded token reads (BENCHMARKS.md "Backbones").
+  state, and half the bytes a decoded token reads (BENCHMARKS.md "Backbones"). `kv_dtype="bfloat16"`
+  as well, and on CPUs with AVX-512 BF16 the cross-decoder's attention then computes in bf16: the
+  fastest decoding, equal to the full forward to bf16 precision.
 - Cross-decoder, the remaining layers: pre-norm blocks of causal cross-attention from the layer's
   queries to the global KV (the query at position n sees global keys 0..n), each followed by the GLU MLP (SwiGLU, or ReLU^2 for BitNet).
 - A final RMSNorm.

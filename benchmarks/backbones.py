@@ -203,8 +203,11 @@ def flatness_floor(ms: dict, models: dict, yocos: list[str], lo: int, hi: int, d
             + "; ".join(parts) + ".")
 
 
+KV_TAGS = {"float32": "", "float16": ", fp16 KV", "bfloat16": ", bf16 KV"}  # a column name's cache precision
+
+
 def yoco_name(heads: int, kv_heads: int, kv_dtype: str) -> str:
-    return f"YOCO {heads}/{kv_heads}" + (", fp16 KV" if kv_dtype == "float16" else "")
+    return f"YOCO {heads}/{kv_heads}" + KV_TAGS[kv_dtype]
 
 
 def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: list[tuple[int, str]],
@@ -216,8 +219,7 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: l
     kinds = [("transformer", None, "float32"), ("retnet", None, "float32")]
     kinds += [("transformer", None, "float16")] if fp16_transformer else []
     for kind, kv, kv_dtype in kinds + [("yoco", *y) for y in yoco]:
-        name = (yoco_name(heads, kv, kv_dtype) if kind == "yoco"
-                else kind + (", fp16 KV" if kv_dtype == "float16" else ""))
+        name = yoco_name(heads, kv, kv_dtype) if kind == "yoco" else kind + KV_TAGS[kv_dtype]
         config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, kv_dtype=kv_dtype)
         torch.manual_seed(0)
         models[name] = (build_backbone(config).to(device).eval(), config)
@@ -233,8 +235,8 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: l
     yocos = [k for k in models if k.startswith("YOCO")]
     text = (f"### Decode step (ms), batch {batch}, d={d}, {layers} layers, {heads} heads, fp32"
             + (f", on {device}" if device != "cpu" else "")
-            + (" (fp16 KV: the KV cache stored in fp16, `kv_dtype=\"float16\"`)" if any(
-                "fp16" in k for k in models) else "") + "\n\n"
+            + (" (fp16 / bf16 KV: the KV cache stored in fp16 / bf16, `kv_dtype`; bf16 decodes with bf16 dot "
+               "products where the CPU has them)" if any("16 KV" in k for k in models) else "") + "\n\n"
             + table(["context", "Transformer (KV cache)", "RetNet"]
                     + (["Transformer, fp16 KV"] if fp16_transformer else [])
                     + [f"{k} (heads/KV heads)" for k in yocos], rows)
@@ -485,6 +487,55 @@ def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: l
             "when the query heads per KV head are a multiple of 4).\n\n"
             + table(["heads / KV heads x dim", "keys", "cache", "AVX2 (ms)", "AVX-512 (ms)", "AVX2 evicted (ms)",
                      "AVX-512 evicted (ms)", "AVX-512 speed-up", "speed-up, evicted", "default"], rows)
+            + f"\n\nYOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
+            f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
+            + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], steps))
+
+
+@torch.no_grad()
+def decode_attention_bf16_section(shapes: list[tuple[int, int, int]], contexts: list[int], d: int, layers: int,
+                                  heads: int, rounds: int = 20) -> str:
+    """bf16 caches (kv_dtype="bfloat16"): the kernel's bf16 dot products (`avx512_bf16`) against the same
+    bf16 cache widened to fp32 arithmetic (the AVX-512 path forced) and against an fp32 cache, side by
+    side: the op alone (warm and evicted, with its error against the reference), then YOCO decode steps."""
+    title = "### Decode attention with bf16 dot products (`kv_dtype=\"bfloat16\"`)\n\n"
+    if "avx512_bf16" not in decode_cpu.supported_isas():
+        return title + f"Not measured: this CPU runs {decode_cpu.supported_isas() or 'no C++ kernel'}, no AVX-512 BF16."
+    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    rows = []
+    for h, hkv, dh in shapes:
+        for s in contexts:
+            q = torch.randn(1, h, 1, dh)
+            k, v = (torch.randn(1, hkv, s, dh).bfloat16() for _ in range(2))
+            kf, vf = k.float(), v.float()
+            calls = {"fp32 cache": lambda: decode_cpu.decode_attention_cpp(q, kf, vf, isa="avx512"),
+                     "bf16, widened": lambda: decode_cpu.decode_attention_cpp(q, k, v, isa="avx512"),
+                     "bf16 dots": lambda: decode_cpu.decode_attention_cpp(q, k, v, isa="avx512_bf16")}
+            best = fastest_warm_and_evicted(calls, rounds, evictor)
+            ref = decode_attention_reference(q, kf, vf)
+            err = rel_err(ref, calls["bf16 dots"]())
+            rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", *(f"{best[c, cold]:.3f}" for cold in (False, True) for c in calls),
+                         f"{best['bf16, widened', False] / best['bf16 dots', False]:.2f}x",
+                         f"{best['fp32 cache', False] / best['bf16 dots', False]:.2f}x", f"{err:.1e}"])
+    models = {}
+    for kv_dtype in ("float16", "bfloat16"):
+        config = BackboneConfig(kind="yoco", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=1, kv_dtype=kv_dtype)
+        torch.manual_seed(0)
+        models[yoco_name(heads, 1, kv_dtype)] = (build_backbone(config).eval(), config)
+    lo, hi = contexts[0], contexts[-1]
+    variants = [(name, isa) for name in models for isa in (("avx512", "avx512_bf16") if "bf16" in name else ("avx512",))]
+    ms = decode_ms({(name, c, isa): (models[name][0], models[name][1], c, True, isa) for name, isa in variants
+                    for c in (lo, hi)})
+    steps = [[name, isa, f"{ms[name, lo, isa]:.2f}", f"{ms[name, hi, isa]:.2f}",
+              f"{ms[name, hi, isa] / ms[name, lo, isa]:.2f}x"] for name, isa in variants]
+    return (title + "The op alone, AVX-512: an fp32 cache, the same values in bf16 read with fp32 arithmetic "
+            "(widened), and with bf16 dot products (queries and softmax weights rounded to bf16, fp32 sums; "
+            f"the default for a bf16 cache). Taking turns, fastest of {rounds} calls; \"evicted\": right after "
+            "96 MiB have been written. Error: relative RMS of the bf16 dots against the fp32 reference on the "
+            "same bf16 cache.\n\n"
+            + table(["heads / KV heads x dim", "keys", "fp32 (ms)", "bf16 widened (ms)", "bf16 dots (ms)",
+                     "fp32 evicted (ms)", "bf16 widened evicted (ms)", "bf16 dots evicted (ms)",
+                     "dots vs widened", "dots vs fp32", "error"], rows)
             + f"\n\nYOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
             f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
             + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], steps))
@@ -745,7 +796,7 @@ def main() -> None:
             write_section("backbones-gpu", body)
         return
     if args.quick:
-        parts = [decode_section(64, 4, 2, [256, 1024], [(2, "float32"), (1, "float32"), (1, "float16")],
+        parts = [decode_section(64, 4, 2, [256, 1024], [(2, "float32"), (1, "float32"), (1, "float16"), (1, "bfloat16")],
                                 fp16_transformer=True)[0],
                  decode_section(64, 4, 2, [256, 1024], [(1, "float32")], batch=4)[0],
                  kernels_section(64, 4, 2, [256, 1024], 1),
@@ -754,13 +805,14 @@ def main() -> None:
                  decode_attention_section([(4, 1, 32)], [256, 1024]),
                  decode_attention_fp16_section([(4, 1, 32)], [256, 1024]),
                  decode_attention_isa_section([(4, 1, 32)], [256, 1024], 64, 4, 2, rounds=5),
+                 decode_attention_bf16_section([(4, 1, 32)], [256, 1024], 64, 4, 2, rounds=5),
                  prefetch_section(64, 4, 2, [256, 1024], rounds=3),
                  yoco_section(64, 4, 2, 512),
                  longnet_section(2, 32, [1024, 2048], [128, 256], [1, 2]),
                  peer_section(64, 4, 2, [128, 512], prefill=128, check=128)]
     else:
         contexts = [1024, 4096, 16384]
-        parts = [decode_section(256, 12, 4, contexts, [(4, "float32"), (1, "float32"), (1, "float16")],
+        parts = [decode_section(256, 12, 4, contexts, [(4, "float32"), (1, "float32"), (1, "float16"), (1, "bfloat16")],
                                 fp16_transformer=True)[0],
                  decode_section(256, 12, 4, contexts, [(1, "float32")], batch=8)[0],
                  kernels_section(256, 12, 4, [1024, 16384], 1),
@@ -769,6 +821,7 @@ def main() -> None:
                  decode_attention_section([(4, 4, 64), (4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  decode_attention_fp16_section([(4, 1, 64), (24, 8, 128)], [1024, 16384]),
                  decode_attention_isa_section([(4, 1, 64), (4, 4, 64), (24, 8, 128)], [1024, 16384], 256, 12, 4),
+                 decode_attention_bf16_section([(4, 1, 64), (8, 2, 128)], [1024, 16384], 256, 12, 4),
                  prefetch_section(256, 12, 4, [1024, 16384]),
                  yoco_section(256, 12, 4, 8192),
                  longnet_section(4, 64, [8192, 16384, 32768], [1024, 2048, 4096, 8192, 16384], [1, 2, 4, 8, 16]),

@@ -1,6 +1,9 @@
 """Decode attention (one new query per head over the whole cache): the fused C++ CPU kernel against
 the PyTorch reference (relative RMS, fla style), on strided cache views, every group size, lengths
-around the chunk size, both ISA paths; what the kernel does not take goes to the reference."""
+around the chunk size, every ISA path, fp16 and bf16 caches (the bf16 dot-product path within bf16
+rounding); what the kernel does not take goes to the reference."""
+
+import math
 
 import pytest
 import torch
@@ -74,7 +77,30 @@ def test_kernel_equals_reference_across_groups_and_head_dims(ext, h, hkv, d, s, 
     assert got.shape == (1, h, 1, d) and rel_rms(got, ref) <= 1e-5
 
 
-@pytest.mark.parametrize("isa", cpu.ISAS)
+def half_case(h, hkv, d, s, dtype, seed=3):
+    """q fp32, and a 16-bit cache k, v [1, hkv, s, d]: rows offset from the start of a larger buffer."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, h, 1, d, generator=g)
+    k = torch.randn(1, hkv, s + 5, d, generator=g).to(dtype)[:, :, 3:s + 3]
+    v = torch.randn(1, hkv, s + 5, d, generator=g).to(dtype)[:, :, 3:s + 3]
+    return q, k, v
+
+
+def kernel_called(ext, fn):
+    """fn()'s result, asserting it went through the C++ kernel (not the reference)."""
+    calls = []
+    real = ext.decode_attention
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {
+            "decode_attention": staticmethod(lambda *a: calls.append(1) or real(*a)),
+            "supports": staticmethod(ext.supports)})())
+        out = fn()
+    assert calls == [1], "the kernel takes this cache itself"
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 @pytest.mark.parametrize("h,hkv,d,s", [
     (8, 2, 64, 700),      # g = 4, D = 64 (unrolled)
     (24, 8, 128, 1300),   # g = 3, D = 128 (unrolled), chunks split for the threads
@@ -82,24 +108,50 @@ def test_kernel_equals_reference_across_groups_and_head_dims(ext, h, hkv, d, s, 
     (5, 1, 20, 129),      # D not a multiple of 8: AVX2 takes the scalar loops; AVX-512 masks 16-bit loads
     (4, 1, 40, 77),       # g = 4, D = 16 + 16 + 8
 ])
-def test_fp16_cache_equals_reference_on_its_widened_values(ext, h, hkv, d, s, isa):
-    """An fp16 cache (YOCO's kv_dtype="float16") is read as its exact fp32 values: the kernel on the
-    half tensors equals the reference on the same tensors widened."""
-    g = torch.Generator().manual_seed(3)
-    q = torch.randn(1, h, 1, d, generator=g)
-    k = torch.randn(1, hkv, s + 5, d, generator=g).half()[:, :, 3:s + 3]
-    v = torch.randn(1, hkv, s + 5, d, generator=g).half()[:, :, 3:s + 3]
-    calls = []
-    real = ext.decode_attention
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {
-            "decode_attention": staticmethod(lambda *a: calls.append(1) or real(*a)),
-            "supports": staticmethod(ext.supports)})())
-        got = decode_attention_cpp(q, k, v, isa=isa_path(isa))
-    assert calls == [1], "the kernel takes an fp16 cache itself"
+def test_16_bit_cache_equals_reference_on_its_widened_values(ext, h, hkv, d, s, isa, dtype):
+    """An fp16 or bf16 cache (kv_dtype) is read as its exact fp32 values on the fp32 paths: the kernel
+    on the 16-bit tensors equals the reference on the same tensors widened."""
+    q, k, v = half_case(h, hkv, d, s, dtype)
+    got = kernel_called(ext, lambda: decode_attention_cpp(q, k, v, isa=isa_path(isa)))
     ref = decode_attention_reference(q, k.float(), v.float())
     assert got.dtype == torch.float32 and rel_rms(got, ref) <= 1e-5
     assert rel_rms(decode_attention_reference(q, k, v), ref) == 0.0  # the reference widens it the same way
+
+
+BF16_DOT_CASES = [
+    (8, 2, 64, 700),      # g = 4, D = 64: one 64-column slice, several key blocks and chunks
+    (16, 4, 128, 95),     # D = 128: two slices, fewer keys than a block
+    (4, 1, 96, 333),      # D = 96 (not unrolled): a 64-column slice and a 32-column rest
+    (8, 1, 32, 1001),     # g = 8: two query groups; D = 32; an odd number of keys (a key paired with itself)
+    (4, 1, 64, 1),        # a single key
+    (4, 1, 64, 7),        # a partial score tile
+]
+
+
+@pytest.mark.parametrize("h,hkv,d,s", BF16_DOT_CASES)
+def test_bf16_dot_products_within_bf16_rounding_of_the_reference(ext, h, hkv, d, s):
+    """The avx512_bf16 path rounds the scaled queries and the softmax weights to bf16 (bf16 attention):
+    within bf16 rounding (unit 2^-8) of the reference on the widened cache, and not the fp32 result."""
+    isa_path("avx512_bf16")
+    q, k, v = half_case(h, hkv, d, s, torch.bfloat16)
+    got = kernel_called(ext, lambda: decode_attention_cpp(q, k, v, isa="avx512_bf16"))
+    err = rel_rms(got, decode_attention_reference(q, k.float(), v.float()))
+    assert got.dtype == torch.float32 and err <= 4e-3
+    assert s == 1 or err >= 1e-5  # it does round: a forced fp32 path would be ~5e-7 here
+
+
+@pytest.mark.parametrize("h,hkv,d,s", BF16_DOT_CASES)
+def test_bf16_dot_products_exact_where_bf16_holds_every_value(ext, h, hkv, d, s):
+    """Queries and keys in {-1, 0, 1} and scale ln 2: scores are integers in log2 units, so the queries
+    and the weights (powers of two) are bf16 values and the path rounds nothing; it then equals the
+    reference to fp32 precision, which checks its pairing of keys and its column order exactly."""
+    isa_path("avx512_bf16")
+    g = torch.Generator().manual_seed(5)
+    q = torch.randint(-1, 2, (1, h, 1, d), generator=g).float()
+    k = torch.randint(-1, 2, (1, hkv, s, d), generator=g).bfloat16()
+    v = torch.randn(1, hkv, s, d, generator=g).bfloat16()
+    got = decode_attention_cpp(q, k, v, scale=math.log(2), isa="avx512_bf16")
+    assert rel_rms(got, decode_attention_reference(q, k, v, scale=math.log(2))) <= 1e-6
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -123,6 +175,10 @@ def test_isa_paths_the_cpu_runs_and_the_default_choice(ext, monkeypatch):
     wide = "avx2" if "avx2" in isas else "scalar"
     assert cpu.cpu_isa(group=1) == wide and cpu.cpu_isa(group=3) == wide
     assert cpu.cpu_isa(group=4) == cpu.cpu_isa(group=8) == ("avx512" if "avx512" in isas else wide)
+    bf16_dot = "avx512_bf16" if "avx512_bf16" in isas else cpu.cpu_isa(group=4)
+    assert cpu.cpu_isa(group=4, bf16=True) == cpu.cpu_isa(group=8, dim=128, bf16=True) == bf16_dot
+    assert cpu.cpu_isa(group=4, dim=48, bf16=True) == cpu.cpu_isa(group=4)  # D not a multiple of 32
+    assert cpu.cpu_isa(group=3, bf16=True) == wide
     monkeypatch.setenv(cpu.PATHS.env, "scalar")  # forced, for comparisons
     assert cpu.cpu_isa(group=4) == "scalar"
     monkeypatch.setenv(cpu.PATHS.env, "no_such_isa")

@@ -1,5 +1,5 @@
 """YOCO: parallel == prefill + decoding (with and without early exit), padding, state size, for a global
-KV cache in fp32 and in fp16."""
+KV cache in fp32, fp16 and bf16."""
 import pytest
 import torch
 
@@ -11,10 +11,12 @@ from latentlm.backbones.yoco import YOCO, window_mask
 B, T, D, H, L = 2, 13, 32, 4, 4  # T=13 is a multiple of neither chunk_size=4 nor window=5
 KINDS = ["gated_retention", "sliding_window"]
 # (self-decoder, n_kv_heads of the global KV, its kv_dtype): multi-head, and grouped-query with 2 and 1 KV
-# heads; fp16 caches (head dim 8: the decode kernel's AVX2 path reads them) with both self-decoders
+# heads; fp16 caches (head dim 8: the decode kernel's AVX2 path reads them) with both self-decoders, and a
+# bf16 one (head dim 8: widened exactly, the bf16 dot products need 32)
 VARIANTS = [("gated_retention", None, "float32"), ("sliding_window", None, "float32"),
             ("gated_retention", 2, "float32"), ("sliding_window", 1, "float32"),
-            ("gated_retention", 2, "float16"), ("sliding_window", None, "float16")]
+            ("gated_retention", 2, "float16"), ("sliding_window", None, "float16"),
+            ("gated_retention", 1, "bfloat16")]
 
 
 @pytest.fixture(autouse=True)
@@ -36,15 +38,15 @@ def rel_max(a, b):
 
 
 def assert_same_cache(a, b):
-    """fp32 caches agree to 1e-4. An fp16 cache holds keys that the two paths (one GEMM over the
-    sequence, one per token) compute an fp32 ulp apart, which can round to neighbouring fp16 values
-    (seen on an AVX-512 host): there every entry must be within one fp16 step of the other path's."""
-    if a.dtype != torch.float16:
+    """fp32 caches agree to 1e-4. A 16-bit cache holds keys that the two paths (one GEMM over the
+    sequence, one per token) compute an fp32 ulp apart, which can round to neighbouring 16-bit values
+    (seen on an AVX-512 host): there every entry must be within one step of the other path's."""
+    if a.dtype == torch.float32:
         assert rel_max(a, b) <= 1e-4
         return
     step = (torch.nextafter(b.abs(), torch.tensor(float("inf"), dtype=b.dtype)) - b.abs()).float()
     assert ((a.float() - b.float()).abs() <= step).all()
-    assert rel_max(a.float(), b.float()) <= 2 ** -10  # one step of the largest entries at most
+    assert rel_max(a.float(), b.float()) <= torch.finfo(a.dtype).eps  # one step of the largest entries at most
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-kv_heads={v[1] or H}-{v[2]}")
@@ -254,3 +256,26 @@ def test_fp16_global_kv_trains_with_fp32_gradients():
     out.pow(2).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.kv.weight.grad.abs().max() > 0
+
+
+def test_bf16_global_kv_decodes_with_bf16_dot_products_within_bf16_precision():
+    """kv_dtype="bfloat16" with heads of 64 and 4 query heads per KV head: on a CPU with AVX-512 BF16
+    the cross-decoder's decoding attention takes the bf16 dot products (queries and weights rounded to
+    bf16), so prefill + decoding matches the full forward to bf16 precision, not to fp32's 1e-4."""
+    from latentlm.kernels.decode_attention import cpu
+    if cpu.cpu_isa(group=4, dim=64, bf16=True) != "avx512_bf16":
+        pytest.skip("this CPU has no AVX-512 BF16 decode attention path")
+    torch.manual_seed(0)
+    model = YOCO(BackboneConfig(kind="yoco", d_model=256, n_layers=4, n_heads=4, n_kv_heads=1, chunk_size=4,
+                                kv_dtype="bfloat16")).eval()
+    x = torch.randn(B, T, 256)
+    with torch.no_grad():
+        full, full_state = model(x)
+        y, state = model(x[:, :5])
+        outs = [y]
+        for i in range(5, T):
+            y, state = model(x[:, i:i + 1], state)
+            outs.append(y)
+    err = rel_max(torch.cat(outs, 1), full)
+    assert state.keys.dtype == torch.bfloat16 and 1e-5 < err <= 1e-2
+    assert_same_cache(state.keys, full_state.keys)

@@ -12,10 +12,14 @@ registers, scores in tiles of 4 queries x 4 keys (each key vector loaded once fo
 16-sum reduction per tile) and the softmax on whole tiles; taken by default when the group is a
 multiple of 4 queries, where it is faster (`cpu_isa`).
 The cache is streamed once per call, from any view whose rows are contiguous (a KV buffer with spare
-room is one): q fp32, the cache fp32 or fp16 (`BackboneConfig.kv_dtype`: each row widened exactly
-as it is read, F16C, so the kernel does the same fp32 arithmetic on half the bytes). Built on first
-use (`latentlm.kernels.cpp_build`); AVX-512 or AVX2+FMA where the CPU has them, else scalar loops;
-`isa=` or $LATENTLM_DECODE_ATTENTION_ISA forces a path, for tests and comparisons.
+room is one): q fp32, the cache fp32, fp16 or bf16 (`BackboneConfig.kv_dtype`: each row widened
+exactly as it is read, so the kernel does the same fp32 arithmetic on half the bytes). AVX-512 BF16
+path (`avx512_bf16`, a bf16 cache with g a multiple of 4 and D of 32, where the CPU has it): bf16 dot
+products instead (vdpbf16ps, twice the work of an fp32 FMA per instruction), the scaled queries and the
+softmax weights rounded to bf16 as bf16 attention kernels on GPUs do, so it agrees with the reference
+to bf16 precision (relative RMS ~2e-3), not fp32's. Built on first use (`latentlm.kernels.cpp_build`);
+AVX-512 or AVX2+FMA where the CPU has them, else scalar loops; `isa=` or
+$LATENTLM_DECODE_ATTENTION_ISA forces a path, for tests and comparisons.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from .naive import decode_attention_reference
 
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "decode_attention_cpu.cpp",)
 EXTENSION = CppExtension("decode_attention_cpu", SOURCES, "the C++ decode attention CPU kernel")
-ISAS = ("scalar", "avx2", "avx512")  # the kernel's codes are the indices
+ISAS = ("scalar", "avx2", "avx512", "avx512_bf16")  # the kernel's codes are the indices
 PATHS = IsaPaths(EXTENSION, ISAS, "LATENTLM_DECODE_ATTENTION_ISA", "decode attention")
 CHUNK = 512  # most keys per work item (the kernel makes chunks equal, and smaller to keep both threads busy)
 # Caches (keys + values bytes) below this go to the reference. The old one-key-at-a-time kernel lost to
@@ -47,6 +51,7 @@ MIN_CACHE_BYTES = 0
 # yoco-3b preset at 16k 468 -> 410 ms per token; L1 prefetches made YOCO 4 / 1 x 64 at 16k (8 MiB) in a
 # d=256 model 1.03-1.13x faster. (csrc/decode_attention_cpu.cpp, "Prefetching")
 FAR_CACHE_BYTES = 16 << 20
+CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the kernel reads
 
 
 def available(device: torch.device | str = "cpu") -> bool:
@@ -59,16 +64,16 @@ def supported_isas() -> list[str]:
     return PATHS.supported()
 
 
-def cpu_isa(group: int = 4, isa: str | None = None) -> str:
-    """The path a call with `group` query heads per KV head takes: "avx512" (g a multiple of 4),
-    "avx2" or "scalar", honouring a forced `isa` / $LATENTLM_DECODE_ATTENTION_ISA; "reference"
-    when the extension is unavailable."""
-    return PATHS.in_use(isa, group=group)
+def cpu_isa(group: int = 4, isa: str | None = None, dim: int = 64, bf16: bool = False) -> str:
+    """The path a call with `group` query heads per KV head of `dim` takes: "avx512_bf16" (a `bf16`
+    cache, g a multiple of 4, dim of 32), "avx512" (g a multiple of 4), "avx2" or "scalar", honouring
+    a forced `isa` / $LATENTLM_DECODE_ATTENTION_ISA; "reference" when the extension is unavailable."""
+    return PATHS.in_use(isa, group=group, dim=dim, bf16=bf16)
 
 
 def _fits(q: Tensor, k: Tensor, v: Tensor) -> bool:
     d = k.shape[-1]
-    return (q.dtype == torch.float32 and k.dtype in (torch.float32, torch.float16) and v.dtype == k.dtype
+    return (q.dtype == torch.float32 and k.dtype in CACHE_DTYPES and v.dtype == k.dtype
             and k.stride(-1) == 1 and v.stride(-1) == 1 and k.stride(-2) == d and v.stride(-2) == d
             and k.shape[2] > 0 and 2 * k.numel() * k.element_size() >= MIN_CACHE_BYTES
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
@@ -77,7 +82,7 @@ def _fits(q: Tensor, k: Tensor, v: Tensor) -> bool:
 def decode_attention_cpp(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
                          isa: str | None = None) -> Tensor:
     """Same arguments and result as `decode_attention_reference`; inputs the kernel does not take
-    (q not fp32, a cache neither fp32 nor fp16, rows not contiguous, an autograd graph to record, a
+    (q not fp32, a cache not of CACHE_DTYPES, rows not contiguous, an autograd graph to record, a
     cache below MIN_CACHE_BYTES) go to the reference. `isa` forces an ISA path (ISAS)."""
     ext = EXTENSION.get()
     if ext is None or not _fits(q, k, v):

@@ -51,6 +51,19 @@ inline bool has_avx512() {
 #endif
 }
 
+// Whether this CPU also has AVX-512 BF16 (dot products of bf16 pairs, vdpbf16ps; checked once).
+inline bool has_avx512_bf16() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return has_avx512() && __builtin_cpu_supports("avx512bf16");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 // Prefetch the cache line at `p` for reading: into L2 when `far` (data streamed from memory: an L1
 // prefetch holds one of the core's few L1 miss buffers until its line arrives, which caps a core's
 // stream from memory well below the memory's speed; L2 has several times as many, and the hardware L1

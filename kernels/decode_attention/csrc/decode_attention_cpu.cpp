@@ -36,6 +36,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -207,14 +208,18 @@ DA_AVX2_INLINE __m256 exp2_avx2(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-// 8 floats from a cache row: fp32 as they are, fp16 widened exactly (F16C). A partial vector (the
-// `dmask` lanes) is read from fp32 rows only: fp16 rows take this path when D is a multiple of 8.
+// 8 floats from a cache row: fp32 as they are, fp16 (F16C) and bf16 widened exactly. A partial vector
+// (the `dmask` lanes) is read from fp32 rows only: 16-bit rows take this path when D is a multiple of 8.
 DA_AVX2_INLINE __m256 load8(const float* x) { return _mm256_loadu_ps(x); }
 DA_AVX2_INLINE __m256 load8(const c10::Half* x) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
 }
+DA_AVX2_INLINE __m256 load8(const c10::BFloat16* x) {  // bf16 is the top half of an fp32
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))), 16));
+}
 DA_AVX2_INLINE __m256 load8_masked(const float* x, __m256i dmask) { return _mm256_maskload_ps(x, dmask); }
 DA_AVX2_INLINE __m256 load8_masked(const c10::Half* x, __m256i) { return load8(x); }
+DA_AVX2_INLINE __m256 load8_masked(const c10::BFloat16* x, __m256i) { return load8(x); }
 
 // Scores of one query (q: DP floats, zero padded) against 8 key rows r[0..7]: D8 = D rounded down to 8;
 // a partial last vector (tail) is read with `dmask`. NV > 0: D = 8 NV known at compile time.
@@ -419,10 +424,17 @@ DA_AVX512_INLINE __m512 load16(const float* x) { return _mm512_loadu_ps(x); }
 DA_AVX512_INLINE __m512 load16(const c10::Half* x) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
 }
+DA_AVX512_INLINE __m512 widen_bf16(__m256i x) {  // 16 bf16 -> fp32, exactly (bf16 is an fp32's top half)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
+DA_AVX512_INLINE __m512 load16(const c10::BFloat16* x) {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+}
 DA_AVX512_INLINE __m512 load16(const float* x, __mmask16 m) { return _mm512_maskz_loadu_ps(m, x); }
 DA_AVX512_INLINE __m512 load16(const c10::Half* x, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x));
 }
+DA_AVX512_INLINE __m512 load16(const c10::BFloat16* x, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, x)); }
 
 // Vector t of a row of DV vectors: the last one under `tail` (all lanes when D is a multiple of 16).
 template <typename T>
@@ -565,35 +577,42 @@ DA_AVX512 void pv_rows512(const float* pg, const T* v, int64_t D, int64_t n, __m
                          ahead);
 }
 
-// One query group's block: scores into pg (tile layout), online softmax state (mw, lw, al), then acc.
-// Rows past nb repeat the last row and score -inf. prefetch: the next block's key rows, while scoring.
-template <int QB, int NV, typename T>
-DA_AVX512 void group_block512(const Problem& P, const float* qs, const T* kb, const T* vb, int64_t nb,
-                              int64_t next_rows, bool prefetch, float* pg, float* mw, float* lw, float* al,
-                              float* aw) {
-  constexpr int KB = 16 / QB;
-  const int64_t D = P.D, DP = P.DP, DV = (D + 15) / 16;
-  const __mmask16 tail = static_cast<__mmask16>(D % 16 ? (1u << (D % 16)) - 1 : 0xFFFF);
-  const int64_t tiles = (nb + KB - 1) / KB;
-  // 1. scores
-  for (int64_t jt = 0; jt < tiles; ++jt) {
-    const int64_t j0 = jt * KB;
-    const T* r[KB];
+// Phase 1 of a block, per score tile: the KB key rows of tile keys j0.. (past nb: the last row again),
+// and, when `prefetch`, the same rows of the next block brought in while this tile is scored.
+template <int KB, typename T>
+DA_AVX512_INLINE void tile_rows(const Problem& P, const T* kb, int64_t j0, int64_t nb, bool prefetch, const T** r) {
 #pragma GCC unroll 16
-    for (int kk = 0; kk < KB; ++kk) r[kk] = kb + std::min<int64_t>(j0 + kk, nb - 1) * D;
-    if (prefetch) {
-      const char* ahead = reinterpret_cast<const char*>(kb + (P.BK + j0) * D);
-      for (int64_t o = 0; o < KB * D * int64_t(sizeof(T)); o += 64) latentlm::prefetch_line(ahead + o, P.far);
-    }
-    __m512 s = score_tile<QB, NV, T>(qs, DP, r, DV, tail);
-    if (j0 + KB > nb) {  // lanes of keys past nb
-      uint32_t valid = 0;
-      for (int qi = 0; qi < QB; ++qi) valid |= ((1u << (nb - j0)) - 1) << (qi * KB);
-      s = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), static_cast<__mmask16>(valid), s);
-    }
-    _mm512_storeu_ps(pg + 16 * jt, s);
+  for (int kk = 0; kk < KB; ++kk) r[kk] = kb + std::min<int64_t>(j0 + kk, nb - 1) * P.D;
+  if (prefetch) {
+    const char* ahead = reinterpret_cast<const char*>(kb + (P.BK + j0) * P.D);
+    for (int64_t o = 0; o < KB * P.D * int64_t(sizeof(T)); o += 64) latentlm::prefetch_line(ahead + o, P.far);
   }
-  // 2. per query: new running max, the rescale factor of what came before, weights 2^(s - m), their sum
+}
+
+// A [QB, KB] score tile of keys j0.. with the lanes of keys past nb set to -inf (weight 0).
+template <int QB>
+DA_AVX512_INLINE __m512 mask_past(__m512 s, int64_t j0, int64_t nb) {
+  constexpr int KB = 16 / QB;
+  if (j0 + KB <= nb) return s;
+  uint32_t valid = 0;
+  for (int qi = 0; qi < QB; ++qi) valid |= ((1u << (nb - j0)) - 1) << (qi * KB);
+  return _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), static_cast<__mmask16>(valid), s);
+}
+
+// The bf16 bits of x (finite, >= 0) rounded to nearest even, in the low half of each lane: integer
+// arithmetic, so the fp32 paths need no BF16 instructions.
+DA_AVX512_INLINE __m512i bf16_bits(__m512 x) {
+  const __m512i b = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  return _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), 16);
+}
+
+// Phase 2 of a block: the online softmax over its score tiles pg [tiles, 16] (log2 units, tile layout).
+// Per query: the new running max mw, the rescale factor al of what came before, the weights 2^(s - m)
+// (into pg) and the running sum lw. BF16: the weights are rounded to bf16, their bits go to pb (tile
+// layout, for the bf16 dot products of P V) and lw sums the rounded values, the ones P V uses.
+template <int QB, bool BF16>
+DA_AVX512_INLINE void softmax_tiles(float* pg, int64_t tiles, float* mw, float* lw, float* al, uint16_t* pb) {
   __m512 mv = _mm512_set1_ps(kNegInf);
   for (int64_t jt = 0; jt < tiles; ++jt) mv = _mm512_max_ps(mv, _mm512_loadu_ps(pg + 16 * jt));
   __m512 mb = mv;
@@ -606,11 +625,35 @@ DA_AVX512 void group_block512(const Problem& P, const float* qs, const T* kb, co
   }
   __m512 sv = _mm512_setzero_ps();
   for (int64_t jt = 0; jt < tiles; ++jt) {
-    const __m512 e = exp2_avx512(_mm512_sub_ps(_mm512_loadu_ps(pg + 16 * jt), mb));
-    _mm512_storeu_ps(pg + 16 * jt, e);
+    __m512 e = exp2_avx512(_mm512_sub_ps(_mm512_loadu_ps(pg + 16 * jt), mb));
+    if constexpr (BF16) {
+      const __m512i bits = bf16_bits(e);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb + 16 * jt), _mm512_cvtepi32_epi16(bits));
+      e = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+    } else {
+      _mm512_storeu_ps(pg + 16 * jt, e);
+    }
     sv = _mm512_add_ps(sv, e);
   }
   for (int qi = 0; qi < QB; ++qi) lw[qi] = lw[qi] * al[qi] + _mm512_mask_reduce_add_ps(query_lanes<QB>(qi), sv);
+}
+
+// One query group's block: scores into pg (tile layout), online softmax state (mw, lw, al), then acc.
+// prefetch: the next block's key rows while scoring, its value rows while summing.
+template <int QB, int NV, typename T>
+DA_AVX512 void group_block512(const Problem& P, const float* qs, const T* kb, const T* vb, int64_t nb,
+                              int64_t next_rows, bool prefetch, float* pg, float* mw, float* lw, float* al,
+                              float* aw) {
+  constexpr int KB = 16 / QB;
+  const int64_t D = P.D, DP = P.DP, DV = (D + 15) / 16;
+  const __mmask16 tail = static_cast<__mmask16>(D % 16 ? (1u << (D % 16)) - 1 : 0xFFFF);
+  const int64_t tiles = (nb + KB - 1) / KB;
+  for (int64_t jt = 0; jt < tiles; ++jt) {  // 1. scores
+    const T* r[KB];
+    tile_rows<KB>(P, kb, jt * KB, nb, prefetch, r);
+    _mm512_storeu_ps(pg + 16 * jt, mask_past<QB>(score_tile<QB, NV, T>(qs, DP, r, DV, tail), jt * KB, nb));
+  }
+  softmax_tiles<QB, false>(pg, tiles, mw, lw, al, nullptr);  // 2.
   // 3. acc = al acc + p V, the next block's value rows prefetched
   LineStream values{reinterpret_cast<const char*>(vb + nb * D), prefetch ? (next_rows * D * int64_t(sizeof(T)) + 63) / 64 : 0, 1,
                     P.far};
@@ -653,6 +696,158 @@ DA_AVX512 void item_avx512(const Problem& P, int64_t w, float* qs, float* p, flo
     item_avx512_impl<0, T>(P, w, qs, p, al);
 }
 
+// ---------------------------------------------------------------- AVX-512 BF16 path
+//
+// For a bf16 cache (kv_dtype="bfloat16"), g a multiple of 4, D a multiple of 32: the AVX-512 path's
+// phases with bf16 dot products (vdpbf16ps: 32 products of bf16 pairs summed into 16 fp32 lanes per
+// instruction, twice the fp32 FMA's work at the same rate on Zen 4). The scaled queries and the softmax
+// weights are rounded to bf16, as bf16 attention kernels on GPUs do; the products are exact in fp32 and
+// sums stay fp32. Score tiles read the key rows as they are stored (no widening). P V takes keys in
+// pairs: the two value rows interleaved so that one instruction adds both keys' weighted values.
+
+#define DA_BF16 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define DA_BF16_INLINE \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), always_inline)) inline
+
+using BF16 = c10::BFloat16;
+
+DA_BF16_INLINE __m512bh load32bh(const void* x) { return (__m512bh)_mm512_loadu_si512(x); }
+
+// One score tile, 4 queries x 4 keys: qb the queries' bf16 bits (rows D apart), r the key rows;
+// D = 32 NV (NV = 0: D / 32 at run time). (The same in ymm registers, half the reduction work per score,
+// measured no faster.)
+template <int NV>
+DA_BF16_INLINE __m512 score_tile_bf16(const uint16_t* qb, int64_t D, const BF16* const* r) {
+  __m512 a[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_setzero_ps();
+  const int64_t nv = NV > 0 ? NV : D / 32;
+#pragma GCC unroll 4
+  for (int64_t t = 0; t < nv; ++t) {
+    __m512bh qv[4];
+#pragma GCC unroll 4
+    for (int qi = 0; qi < 4; ++qi) qv[qi] = load32bh(qb + qi * D + 32 * t);
+#pragma GCC unroll 4
+    for (int kk = 0; kk < 4; ++kk) {
+      const __m512bh x = load32bh(r[kk] + 32 * t);
+#pragma GCC unroll 4
+      for (int qi = 0; qi < 4; ++qi) a[qi * 4 + kk] = _mm512_dpbf16_ps(a[qi * 4 + kk], qv[qi], x);
+    }
+  }
+  return reduce16(a);
+}
+
+// acc[qi] <- alpha[qi] acc[qi] + sum_j p(qi, j) v[j] on R chunks of 32 columns, for a group's 4 queries.
+// Keys go in pairs (j, j+1): per 128-bit lane, vpunpck{l,h}wd interleave 4 columns of both value rows,
+// so one vdpbf16ps adds p(qi, j) v[j, c] + p(qi, j+1) v[j+1, c] for 16 columns c. pw: the weights' bf16
+// bits in tile layout, the 32-bit word (j / 4) * 8 + qi * 2 + (j % 4) / 2 holding the pair (p(qi, j),
+// p(qi, j+1)) of an even j. The accumulator of chunk k keeps its columns in the interleaved order: its
+// first 16 floats hold columns 32k + 8L + i, its last 16 columns 32k + 8L + 4 + i (lane 4L + i;
+// unpermute_chunks puts them back). An odd n pairs its last key with itself at weight 0.
+template <int R>
+DA_BF16 void pv_block_bf16(const uint32_t* pw, const BF16* v, int64_t D, int64_t n, const float* alpha, float* acc,
+                           LineStream& ahead) {
+  __m512 a[4][2 * R];
+#pragma GCC unroll 4
+  for (int qi = 0; qi < 4; ++qi) {
+    const __m512 al = _mm512_set1_ps(alpha[qi]);
+#pragma GCC unroll 8
+    for (int t = 0; t < 2 * R; ++t) a[qi][t] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + qi * D + 16 * t));
+  }
+  for (int64_t j = 0; j < n; j += 2) {
+    ahead.step();
+    const BF16* r0 = v + j * D;
+    const BF16* r1 = v + std::min(j + 1, n - 1) * D;
+    __m512bh lo[R], hi[R];
+#pragma GCC unroll 4
+    for (int c = 0; c < R; ++c) {
+      const __m512i x0 = _mm512_loadu_si512(r0 + 32 * c), x1 = _mm512_loadu_si512(r1 + 32 * c);
+      lo[c] = (__m512bh)_mm512_unpacklo_epi16(x0, x1);
+      hi[c] = (__m512bh)_mm512_unpackhi_epi16(x0, x1);
+    }
+    const uint32_t* pj = pw + (j / 4) * 8 + (j % 4) / 2;
+#pragma GCC unroll 4
+    for (int qi = 0; qi < 4; ++qi) {
+      const __m512bh w = (__m512bh)_mm512_set1_epi32(static_cast<int>(pj[qi * 2]));
+#pragma GCC unroll 4
+      for (int c = 0; c < R; ++c) {
+        a[qi][2 * c] = _mm512_dpbf16_ps(a[qi][2 * c], w, lo[c]);
+        a[qi][2 * c + 1] = _mm512_dpbf16_ps(a[qi][2 * c + 1], w, hi[c]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int qi = 0; qi < 4; ++qi)
+#pragma GCC unroll 8
+    for (int t = 0; t < 2 * R; ++t) _mm512_storeu_ps(acc + qi * D + 16 * t, a[qi][t]);
+}
+
+// All D columns: slices of 64 (R = 2: 16 accumulators), then a rest of 32. `ahead` spread over the pairs.
+DA_BF16 void pv_rows_bf16(const uint32_t* pw, const BF16* v, int64_t D, int64_t n, const float* alpha, float* acc,
+                          LineStream& ahead) {
+  const int64_t slices = (D + 63) / 64, pairs = (n + 1) / 2;
+  ahead.per = ahead.lines ? std::max<int64_t>(1, (ahead.lines + slices * pairs - 1) / (slices * pairs)) : 0;
+  int64_t d = 0;
+  for (; d + 64 <= D; d += 64) pv_block_bf16<2>(pw, v + d, D, n, alpha, acc + d, ahead);
+  if (d < D) pv_block_bf16<1>(pw, v + d, D, n, alpha, acc + d, ahead);
+}
+
+// A row of D accumulators from pv_block_bf16, its columns back in order, chunk by chunk.
+DA_AVX512_INLINE void unpermute_chunks(float* row, int64_t D) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int64_t c = 0; c < D; c += 32) {
+    const __m512 lo = _mm512_loadu_ps(row + c), hi = _mm512_loadu_ps(row + c + 16);
+    _mm512_storeu_ps(row + c, _mm512_permutex2var_ps(lo, first, hi));
+    _mm512_storeu_ps(row + c + 16, _mm512_permutex2var_ps(lo, second, hi));
+  }
+}
+
+// One 4-query group's block (group_block512's phases): qb its queries' bf16 bits, pg [tiles, 16] scores,
+// pb [tiles, 16] the weights' bf16 bits.
+template <int NV>
+DA_BF16 void group_block_bf16(const Problem& P, const uint16_t* qb, const BF16* kb, const BF16* vb, int64_t nb,
+                              int64_t next_rows, bool prefetch, float* pg, uint16_t* pb, float* mw, float* lw,
+                              float* al, float* aw) {
+  const int64_t D = P.D, tiles = (nb + 3) / 4;
+  for (int64_t jt = 0; jt < tiles; ++jt) {  // 1. scores
+    const BF16* r[4];
+    tile_rows<4>(P, kb, jt * 4, nb, prefetch, r);
+    _mm512_storeu_ps(pg + 16 * jt, mask_past<4>(score_tile_bf16<NV>(qb, D, r), jt * 4, nb));
+  }
+  softmax_tiles<4, true>(pg, tiles, mw, lw, al, pb);  // 2.
+  LineStream values{reinterpret_cast<const char*>(vb + nb * D), prefetch ? (next_rows * D * 2 + 63) / 64 : 0, 1, P.far};
+  pv_rows_bf16(reinterpret_cast<const uint32_t*>(pb), vb, D, nb, al, aw, values);  // 3.
+}
+
+// One item (g % 4 == 0, D % 32 == 0): the queries rounded to bf16 into qb [G, D], then blocks of BK keys,
+// 4 queries at a time; pb [G, BK] the block's weights as bf16. Accumulators back in column order at the end.
+template <int NV>
+DA_BF16 void item_bf16_impl(const Problem& P, int64_t w, float* qs, float* p, float* al, uint16_t* qb, uint16_t* pb) {
+  const int64_t G = P.G, D = P.D, DP = P.DP, BK = P.BK;
+  const Item<BF16> it = start_item<BF16>(P, w, qs);
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t d = 0; d < D; d += 32)
+      _mm512_storeu_si512(qb + i * D + d, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(qs + i * DP + d + 16),
+                                                                       _mm512_loadu_ps(qs + i * DP + d)));
+  for (int64_t b0 = 0; b0 < it.n; b0 += BK) {
+    const int64_t nb = std::min(BK, it.n - b0), next_rows = std::min(BK, it.n - b0 - nb);
+    for (int64_t i = 0; i < G; i += 4)
+      group_block_bf16<NV>(P, qb + i * D, it.kh + b0 * D, it.vh + b0 * D, nb, next_rows, i == 0, p + i * BK,
+                           pb + i * BK, it.mw + i, it.lw + i, al + i, it.aw + i * D);
+  }
+  for (int64_t i = 0; i < G; ++i) unpermute_chunks(it.aw + i * D, D);
+}
+
+DA_BF16 void item_bf16(const Problem& P, int64_t w, float* qs, float* p, float* al, uint16_t* qb, uint16_t* pb) {
+  if (P.D == 64)
+    item_bf16_impl<2>(P, w, qs, p, al, qb, pb);
+  else if (P.D == 128)
+    item_bf16_impl<4>(P, w, qs, p, al, qb, pb);
+  else
+    item_bf16_impl<0>(P, w, qs, p, al, qb, pb);
+}
+
 DA_AVX2 void axpy_avx2(float w, const float* x, float* y, int64_t d) {
   const __m256 wv = _mm256_set1_ps(w);
   int64_t i = 0;
@@ -675,8 +870,10 @@ int64_t chunk_count(int64_t S, int64_t chunk, int64_t BH, int64_t T) {
 
 }  // namespace
 
-// ISA paths (the Python wrapper's codes): 0 scalar loops, 1 AVX2 + FMA, 2 AVX-512 (F, BW, VL, DQ).
-enum Isa : int64_t { kBest = -1, kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// ISA paths (the Python wrapper's codes): 0 scalar loops, 1 AVX2 + FMA, 2 AVX-512 (F, BW, VL, DQ),
+// 3 AVX-512 with bf16 dot products (+ BF16), for bf16 caches with g % 4 == 0 and D % 32 == 0 (other
+// inputs forced onto it take the AVX-512 path).
+enum Isa : int64_t { kBest = -1, kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 bool supports(int64_t isa) {
   switch (isa) {
@@ -686,16 +883,23 @@ bool supports(int64_t isa) {
       return latentlm::has_avx2() && latentlm::has_f16c();
     case kAvx512:
       return latentlm::has_avx512();
+    case kAvx512Bf16:
+      return latentlm::has_avx512_bf16();
     default:
       return false;
   }
 }
 
+// Whether the bf16 dot-product path takes a call: a bf16 cache, g a multiple of 4, D of 32.
+bool bf16_dot_fits(bool bf16, int64_t group, int64_t dim) { return bf16 && group % 4 == 0 && dim % 32 == 0; }
+
 // The path a call with g queries per KV head takes by default: AVX-512 where its score tiles are full
 // (g a multiple of 4: each key vector loaded once for 4 queries), 1.2-1.4x faster than AVX2 there at
 // 16k keys; else AVX2, since with 1 or 2 queries per tile the 16-sum reductions cost more than AVX2's
 // 8-sum ones (AVX-512 measured 0.84-0.9x). 2-core AMD EPYC (Zen 4), fastest of 30 interleaved calls.
-int64_t best_isa(int64_t group) {
+// A bf16 cache that fits takes the bf16 dot products where the CPU has them.
+int64_t best_isa(int64_t group, int64_t dim, bool bf16) {
+  if (bf16_dot_fits(bf16, group, dim) && supports(kAvx512Bf16)) return kAvx512Bf16;
   if (group % 4 == 0 && supports(kAvx512)) return kAvx512;
   return supports(kAvx2) ? kAvx2 : kScalar;
 }
@@ -703,10 +907,10 @@ int64_t best_isa(int64_t group) {
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t chunk,
                                int64_t isa, bool far) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
-  const bool half = k.scalar_type() == at::kHalf;
-  TORCH_CHECK(q.scalar_type() == at::kFloat && (k.scalar_type() == at::kFloat || half) &&
-                  v.scalar_type() == k.scalar_type(),
-              "q must be fp32, and k and v both fp32 or both fp16");
+  const auto kt = k.scalar_type();
+  const bool wide = kt == at::kFloat, bf16 = kt == at::kBFloat16;
+  TORCH_CHECK(q.scalar_type() == at::kFloat && (wide || bf16 || kt == at::kHalf) && v.scalar_type() == kt,
+              "q must be fp32, and k and v both fp32, both fp16 or both bf16");
   TORCH_CHECK(q.is_contiguous(), "q must be contiguous: [B, Hkv, g, D] or [B, H, 1, D]");
   const int64_t B = q.size(0), H = k.size(1), D = q.size(3), S = k.size(2);
   TORCH_CHECK(H > 0 && (q.size(1) * q.size(2)) % H == 0, "query heads must be a multiple of the KV heads");
@@ -715,9 +919,10 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D && v.stride(3) == 1 && v.stride(2) == D,
               "k and v need contiguous rows of D");
   TORCH_CHECK(S > 0 && chunk > 0 && D > 0, "need keys, a positive chunk and D");
-  if (isa == kBest) isa = best_isa(G);
+  if (isa == kBest) isa = best_isa(G, D, bf16);
   TORCH_CHECK(supports(isa), "this CPU cannot run decode_attention ISA path ", isa);
-  if (isa == kAvx2 && half && D % 8 != 0) isa = kScalar;  // fp16 rows: AVX2 has no masked 16-bit loads
+  if (isa == kAvx512Bf16 && !bf16_dot_fits(bf16, G, D)) isa = kAvx512;
+  if (isa == kAvx2 && !wide && D % 8 != 0) isa = kScalar;  // 16-bit rows: AVX2 has no masked 16-bit loads
   const int64_t C0 = chunk_count(S, chunk, B * H, at::get_num_threads());
   chunk = round8((S + C0 - 1) / C0);  // equal chunks of a multiple of 8 keys (the last one may be shorter)
   const int64_t C = (S + chunk - 1) / chunk, items = B * H * C;
@@ -725,9 +930,10 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   auto partial = torch::empty({items * G * (D + 2)}, q.options());
   auto out = torch::empty_like(q);
   // keys per block: ~16 KiB of value rows, a multiple of the widest score tile (8 keys AVX2, 16 AVX-512)
-  const int64_t tile = isa == kAvx512 ? 16 : 8;
+  const bool wide512 = isa == kAvx512 || isa == kAvx512Bf16;
+  const int64_t tile = wide512 ? 16 : 8;
   const int64_t BK = std::clamp<int64_t>(kBlockBytes / (4 * D) / tile * tile, tile, 256);  // 64 at D=64
-  const int64_t DP = isa == kAvx512 ? (D + 15) / 16 * 16 : round8(D);
+  const int64_t DP = wide512 ? (D + 15) / 16 * 16 : round8(D);
   Problem P{H, G, D, S, chunk, C, DP, round8(chunk), BK,
             q.data_ptr<float>(), k.data_ptr(), v.data_ptr(),
             k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -737,18 +943,36 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   P.sm = P.mx + items * G;
 
   at::parallel_for(0, items, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> buf(G * (P.DP + std::max(P.CP, P.BK) + 1));
+    // qs [G, DP], al [G], p [G, max(CP, BK)]; the bf16 path's qb [G, D] and pb [G, BK] (2 bytes each)
+    std::vector<float> buf(G * (P.DP + std::max(P.CP, P.BK) + 1) + (G * (D + P.BK) + 1) / 2 + 16);
     float* qs = buf.data();
     float* al = qs + G * P.DP;
     float* p = al + G;
-    for (int64_t w = lo; w < hi; ++w) {
-      if (isa == kAvx512)
-        half ? item_avx512<c10::Half>(P, w, qs, p, al) : item_avx512<float>(P, w, qs, p, al);
-      else if (isa == kAvx2)
-        half ? item_avx2<c10::Half>(P, w, qs, p, al) : item_avx2<float>(P, w, qs, p, al);
-      else
-        half ? item_scalar<c10::Half>(P, w, qs, p) : item_scalar<float>(P, w, qs, p);
-    }
+    uint16_t* qb = reinterpret_cast<uint16_t*>(p + G * std::max(P.CP, P.BK));
+    uint16_t* pb = qb + G * D;
+    auto run = [&](auto row) {  // row: a value of the cache's element type
+      using T = decltype(row);
+      for (int64_t w = lo; w < hi; ++w) {
+        if constexpr (std::is_same_v<T, BF16>) {
+          if (isa == kAvx512Bf16) {
+            item_bf16(P, w, qs, p, al, qb, pb);
+            continue;
+          }
+        }
+        if (isa == kAvx512 || isa == kAvx512Bf16)
+          item_avx512<T>(P, w, qs, p, al);
+        else if (isa == kAvx2)
+          item_avx2<T>(P, w, qs, p, al);
+        else
+          item_scalar<T>(P, w, qs, p);
+      }
+    };
+    if (wide)
+      run(float{});
+    else if (bf16)
+      run(BF16{});
+    else
+      run(c10::Half{});
   });
 
   // merge the chunks of each (b, h, query); small merges run on one thread
@@ -777,8 +1001,8 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "one decoding step of grouped attention, fp32 (cache fp32 or fp16)");
-  m.def("supports", &supports, "whether ISA path (0 scalar, 1 avx2, 2 avx512) runs on this CPU");
-  m.def("best_isa", &best_isa, "the ISA path a call with `group` queries per KV head takes by default",
-        pybind11::arg("group"));
+  m.def("decode_attention", &decode_attention, "one decoding step of grouped attention, fp32 (cache fp32, fp16 or bf16)");
+  m.def("supports", &supports, "whether ISA path (0 scalar, 1 avx2, 2 avx512, 3 avx512_bf16) runs on this CPU");
+  m.def("best_isa", &best_isa, "the ISA path a call with `group` queries per KV head of `dim` takes by default",
+        pybind11::arg("group"), pybind11::arg("dim") = 64, pybind11::arg("bf16") = false);
 }

@@ -7,6 +7,7 @@ from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.transformer import Transformer
 from latentlm.backbones.layers import rotary_angles
 from latentlm.backbones.yoco import YOCO, window_mask
+from latentlm.kernels.decode_attention import cpu as decode_cpu
 
 B, T, D, H, L = 2, 13, 32, 4, 4  # T=13 is a multiple of neither chunk_size=4 nor window=5
 KINDS = ["gated_retention", "sliding_window"]
@@ -246,13 +247,15 @@ def test_fp16_global_kv_halves_the_cache_and_stays_close_to_fp32():
     assert 0 < rel_max(y16, y32) <= 1e-2
 
 
-def test_fp16_global_kv_trains_with_fp32_gradients():
-    """With autograd the rounding is straight-through: the cache values are fp16-exact, the gradients
-    flow in fp32 (an fp16 backward would flush small ones to zero)."""
-    model = make("gated_retention", kv_dtype="float16").train()
+@pytest.mark.parametrize("kv_dtype", ["float16", "bfloat16"])
+def test_16_bit_global_kv_trains_with_fp32_gradients(kv_dtype):
+    """With autograd the rounding is straight-through: the cache values are exact in the 16-bit dtype,
+    the gradients flow in fp32 (a 16-bit backward would lose small ones)."""
+    model = make("gated_retention", kv_dtype=kv_dtype).train()
     x = torch.randn(B, T, D, requires_grad=True)
     out, state = model(x)
-    assert torch.equal(state.keys, state.keys.half().float())
+    assert state.keys.dtype == torch.float32
+    assert torch.equal(state.keys, state.keys.to(getattr(torch, kv_dtype)).float())
     out.pow(2).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.kv.weight.grad.abs().max() > 0
@@ -262,8 +265,7 @@ def test_bf16_global_kv_decodes_with_bf16_dot_products_within_bf16_precision():
     """kv_dtype="bfloat16" with heads of 64 and 4 query heads per KV head: on a CPU with AVX-512 BF16
     the cross-decoder's decoding attention takes the bf16 dot products (queries and weights rounded to
     bf16), so prefill + decoding matches the full forward to bf16 precision, not to fp32's 1e-4."""
-    from latentlm.kernels.decode_attention import cpu
-    if cpu.cpu_isa(group=4, dim=64, bf16=True) != "avx512_bf16":
+    if decode_cpu.cpu_isa(group=4, dim=64, bf16=True) != "avx512_bf16":
         pytest.skip("this CPU has no AVX-512 BF16 decode attention path")
     torch.manual_seed(0)
     model = YOCO(BackboneConfig(kind="yoco", d_model=256, n_layers=4, n_heads=4, n_kv_heads=1, chunk_size=4,

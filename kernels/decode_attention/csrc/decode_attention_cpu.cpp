@@ -3,9 +3,10 @@
 //
 //   q [B, Hkv, g, D] contiguous fp32 (q [B, H, 1, D] contiguous is the same memory: query head h*g + i
 //   reads KV head h); k, v [B, Hkv, S, D] with contiguous rows (any B and head strides: views of a
-//   KV buffer with spare room), both fp32 or both fp16; out: q's shape, fp32.
-// An fp16 cache (kv_dtype="float16") is widened exactly as its rows are read (F16C; the AVX2 path
-// needs D % 8 == 0, else the scalar loops), so the arithmetic is the fp32 kernel's on half the bytes.
+//   KV buffer with spare room), both fp32, both fp16 or both bf16; out: q's shape, fp32.
+// An fp16 or bf16 cache (kv_dtype) is widened exactly as its rows are read (the AVX2 path needs
+// D % 8 == 0, else the scalar loops), so the arithmetic is the fp32 kernel's on half the bytes; except
+// on the AVX-512 BF16 path (below), which computes a bf16 cache with bf16 dot products.
 //
 // Work item = (b, h, chunk of keys), the items spread over the threads in contiguous runs (chunks of
 // equal size, at most `chunk` keys; with few (b, h), as many chunks as keep the threads evenly busy).

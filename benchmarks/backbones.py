@@ -450,6 +450,25 @@ def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: 
 
 
 @torch.no_grad()
+def yoco_steps_by_decode_path(d: int, layers: int, heads: int, contexts: list[int],
+                              variants: list[tuple[str, str]]) -> str:
+    """YOCO 4/1-style decode steps (one KV head) at the first and last context for each (kv_dtype,
+    decode-attention path forced) of `variants`, taking turns: a table with its caption."""
+    models = {}
+    for kv_dtype in dict.fromkeys(dt for dt, _ in variants):
+        config = BackboneConfig(kind="yoco", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=1, kv_dtype=kv_dtype)
+        torch.manual_seed(0)
+        models[kv_dtype] = (build_backbone(config).eval(), config)
+    lo, hi = contexts[0], contexts[-1]
+    ms = decode_ms({(dt, c, isa): (*models[dt], c, True, isa) for dt, isa in variants for c in (lo, hi)})
+    rows = [[yoco_name(heads, 1, dt), isa, f"{ms[dt, lo, isa]:.2f}", f"{ms[dt, hi, isa]:.2f}",
+             f"{ms[dt, hi, isa] / ms[dt, lo, isa]:.2f}x"] for dt, isa in variants]
+    return (f"YOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
+            f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
+            + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], rows))
+
+
+@torch.no_grad()
 def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: list[int], d: int, layers: int,
                                  heads: int, rounds: int = 20) -> str:
     """The decode-attention kernel's AVX-512 path against its AVX2 path, side by side: the op alone
@@ -472,24 +491,14 @@ def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: l
                              f"{best['avx2', False] / best['avx512', False]:.2f}x",
                              f"{best['avx2', True] / best['avx512', True]:.2f}x",
                              decode_cpu.cpu_isa(group=h // hkv)])
-    models = {}
-    for kv_dtype in ("float32", "float16"):
-        config = BackboneConfig(kind="yoco", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=1, kv_dtype=kv_dtype)
-        torch.manual_seed(0)
-        models[yoco_name(heads, 1, kv_dtype)] = (build_backbone(config).eval(), config)
-    lo, hi = contexts[0], contexts[-1]
-    ms = decode_ms({(name, c, isa): (m, cfg, c, True, isa) for name, (m, cfg) in models.items()
-                    for c in (lo, hi) for isa in ("avx2", "avx512")})
-    steps = [[name, isa, f"{ms[name, lo, isa]:.2f}", f"{ms[name, hi, isa]:.2f}",
-              f"{ms[name, hi, isa] / ms[name, lo, isa]:.2f}x"] for name in models for isa in ("avx2", "avx512")]
+    steps = yoco_steps_by_decode_path(d, layers, heads, contexts,
+                                      [(dt, isa) for dt in ("float32", "float16") for isa in ("avx2", "avx512")])
     return (title + f"The op alone: each path forced (`isa=`), taking turns, fastest of {rounds} calls; \"evicted\": "
             "right after 96 MiB have been written. \"default\": the path a call takes unless forced (AVX-512 "
             "when the query heads per KV head are a multiple of 4).\n\n"
             + table(["heads / KV heads x dim", "keys", "cache", "AVX2 (ms)", "AVX-512 (ms)", "AVX2 evicted (ms)",
                      "AVX-512 evicted (ms)", "AVX-512 speed-up", "speed-up, evicted", "default"], rows)
-            + f"\n\nYOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
-            f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
-            + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], steps))
+            + "\n\n" + steps)
 
 
 @torch.no_grad()
@@ -517,17 +526,8 @@ def decode_attention_bf16_section(shapes: list[tuple[int, int, int]], contexts: 
             rows.append([f"{h} / {hkv} x {dh}", f"{s:,}", *(f"{best[c, cold]:.3f}" for cold in (False, True) for c in calls),
                          f"{best['bf16, widened', False] / best['bf16 dots', False]:.2f}x",
                          f"{best['fp32 cache', False] / best['bf16 dots', False]:.2f}x", f"{err:.1e}"])
-    models = {}
-    for kv_dtype in ("float16", "bfloat16"):
-        config = BackboneConfig(kind="yoco", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=1, kv_dtype=kv_dtype)
-        torch.manual_seed(0)
-        models[yoco_name(heads, 1, kv_dtype)] = (build_backbone(config).eval(), config)
-    lo, hi = contexts[0], contexts[-1]
-    variants = [(name, isa) for name in models for isa in (("avx512", "avx512_bf16") if "bf16" in name else ("avx512",))]
-    ms = decode_ms({(name, c, isa): (models[name][0], models[name][1], c, True, isa) for name, isa in variants
-                    for c in (lo, hi)})
-    steps = [[name, isa, f"{ms[name, lo, isa]:.2f}", f"{ms[name, hi, isa]:.2f}",
-              f"{ms[name, hi, isa] / ms[name, lo, isa]:.2f}x"] for name, isa in variants]
+    steps = yoco_steps_by_decode_path(d, layers, heads, contexts, [("float16", "avx512"), ("bfloat16", "avx512"),
+                                                                    ("bfloat16", "avx512_bf16")])
     return (title + "The op alone, AVX-512: an fp32 cache, the same values in bf16 read with fp32 arithmetic "
             "(widened), and with bf16 dot products (queries and softmax weights rounded to bf16, fp32 sums; "
             f"the default for a bf16 cache). Taking turns, fastest of {rounds} calls; \"evicted\": right after "
@@ -536,9 +536,7 @@ def decode_attention_bf16_section(shapes: list[tuple[int, int, int]], contexts: 
             + table(["heads / KV heads x dim", "keys", "fp32 (ms)", "bf16 widened (ms)", "bf16 dots (ms)",
                      "fp32 evicted (ms)", "bf16 widened evicted (ms)", "bf16 dots evicted (ms)",
                      "dots vs widened", "dots vs fp32", "error"], rows)
-            + f"\n\nYOCO decode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, the decode-attention path "
-            f"forced, taking turns, {DECODE_ROUNDS} rounds of 8 tokens, the fastest round counts:\n\n"
-            + table(["model", "decode attention", f"{lo:,} (ms)", f"{hi:,} (ms)", f"ratio {hi:,} / {lo:,}"], steps))
+            + "\n\n" + steps)
 
 
 @torch.no_grad()

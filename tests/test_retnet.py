@@ -10,6 +10,7 @@ from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import apply_rotary, rotary_angles
 from latentlm.backbones.retnet import PARALLEL_MAX_CHUNKS, RetNet, retnet_log_decay
 from latentlm.kernels import dispatch
+from stepwise import prefill_then_decode
 
 B, T, D, H, L, C = 2, 13, 32, 4, 2, 4  # T=13 is not a multiple of chunk_size=4
 TOL = 1e-4
@@ -163,13 +164,9 @@ def test_ternary_and_relu2_variants_run():
         x = torch.randn(B, T, D)
         with torch.no_grad():
             full, _ = model(x)
-            y, state = model(x[:, :5])
-            outs = [y]
-            for i in range(5, T):
-                y, state = model(x[:, i:i + 1], state)
-                outs.append(y)
+        stepwise, _ = prefill_then_decode(model, x, 5)
         assert torch.isfinite(full).all() and full.shape == (B, T, D)
-        assert rel_max(torch.cat(outs, 1), full) <= TOL
+        assert rel_max(stepwise, full) <= TOL
 
 
 def test_bad_form(model):

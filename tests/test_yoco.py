@@ -8,6 +8,7 @@ from latentlm.backbones.transformer import Transformer
 from latentlm.backbones.layers import rotary_angles
 from latentlm.backbones.yoco import YOCO, window_mask
 from latentlm.kernels.decode_attention import cpu as decode_cpu
+from stepwise import prefill_then_decode
 
 B, T, D, H, L = 2, 13, 32, 4, 4  # T=13 is a multiple of neither chunk_size=4 nor window=5
 KINDS = ["gated_retention", "sliding_window"]
@@ -273,11 +274,7 @@ def test_bf16_global_kv_decodes_with_bf16_dot_products_within_bf16_precision():
     x = torch.randn(B, T, 256)
     with torch.no_grad():
         full, full_state = model(x)
-        y, state = model(x[:, :5])
-        outs = [y]
-        for i in range(5, T):
-            y, state = model(x[:, i:i + 1], state)
-            outs.append(y)
-    err = rel_max(torch.cat(outs, 1), full)
+    stepwise, state = prefill_then_decode(model, x, 5)
+    err = rel_max(stepwise, full)
     assert state.keys.dtype == torch.bfloat16 and 1e-5 < err <= 1e-2
     assert_same_cache(state.keys, full_state.keys)

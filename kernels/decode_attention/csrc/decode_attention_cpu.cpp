@@ -610,8 +610,8 @@ DA_AVX512_INLINE __m512i bf16_bits(__m512 x) {
 
 // Phase 2 of a block: the online softmax over its score tiles pg [tiles, 16] (log2 units, tile layout).
 // Per query: the new running max mw, the rescale factor al of what came before, the weights 2^(s - m)
-// (into pg) and the running sum lw. BF16: the weights are rounded to bf16, their bits go to pb (tile
-// layout, for the bf16 dot products of P V) and lw sums the rounded values, the ones P V uses.
+// (into pg) and the running sum lw. BF16: the weights are rounded to bf16 and go to pb instead, as bf16
+// bits (tile layout, for the bf16 dot products of P V), and lw sums the rounded values, the ones P V uses.
 template <int QB, bool BF16>
 DA_AVX512_INLINE void softmax_tiles(float* pg, int64_t tiles, float* mw, float* lw, float* al, uint16_t* pb) {
   __m512 mv = _mm512_set1_ps(kNegInf);
@@ -817,7 +817,8 @@ DA_BF16 void group_block_bf16(const Problem& P, const uint16_t* qb, const BF16* 
     _mm512_storeu_ps(pg + 16 * jt, mask_past<4>(score_tile_bf16<NV>(qb, D, r), jt * 4, nb));
   }
   softmax_tiles<4, true>(pg, tiles, mw, lw, al, pb);  // 2.
-  LineStream values{reinterpret_cast<const char*>(vb + nb * D), prefetch ? (next_rows * D * 2 + 63) / 64 : 0, 1, P.far};
+  LineStream values{reinterpret_cast<const char*>(vb + nb * D), prefetch ? (next_rows * D * int64_t(sizeof(BF16)) + 63) / 64 : 0, 1,
+                    P.far};
   pv_rows_bf16(reinterpret_cast<const uint32_t*>(pb), vb, D, nb, al, aw, values);  // 3.
 }
 

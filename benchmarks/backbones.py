@@ -375,7 +375,7 @@ def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[
     with the cache evicted first (as in a model, where the other layers' weights and caches pass
     through in between) and its read rate set against a plain read's."""
     impl = dispatch.choose("decode_attention", "cpu")
-    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    evictor = cache_evictor()
     rows = []
     for h, hkv, dh in shapes:
         for s in contexts:
@@ -402,10 +402,27 @@ def decode_attention_section(shapes: list[tuple[int, int, int]], contexts: list[
             f"`{impl.name}`: the op attention dispatches to when decoding on CPU (the fused C++ kernel); the "
             "reference: one SDPA call with each KV group's query "
             "heads as queries; SDPA `enable_gqa` reads each KV head once per query head. The three take turns, "
-            f"fastest of {rounds} calls each; the last column times `{impl.name}` again right after 96 MiB have "
+            f"fastest of {rounds} calls each; the last column times `{impl.name}` again right after {EVICT_MIB} MiB have "
             f"been written (the cache comes from memory). A plain read streams {read_bandwidth():.1f} GB/s here.\n\n"
             + table(["heads / KV heads x dim", "keys", "cache (MiB)", f"{impl.name} (ms)", "reference (ms)",
                      "SDPA enable_gqa (ms)", f"SDPA / {impl.name}", f"{impl.name}, cache evicted (ms)"], rows))
+
+
+EVICT_MIB = 96  # written before an "evicted" call: larger than the last-level cache
+
+
+@functools.cache
+def cache_evictor() -> torch.Tensor:
+    """A buffer of EVICT_MIB (one, shared by the tables): adding to it pushes a call's data out of the caches."""
+    return torch.zeros(EVICT_MIB * 2**20 // 4)
+
+
+def missing_decode_path(isa: str, what: str) -> str | None:
+    """The "Not measured" line of a table that needs the decode-attention path `isa` (`what`: the CPU
+    feature), when this CPU cannot run it; None when it can."""
+    if isa in decode_cpu.supported_isas():
+        return None
+    return f"Not measured: this CPU runs {decode_cpu.supported_isas() or 'no C++ kernel'}, no {what}."
 
 
 def fastest_warm_and_evicted(calls: dict, rounds: int, evictor: torch.Tensor) -> dict:
@@ -428,7 +445,7 @@ def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: 
     """The decode-attention kernel on an fp16 cache (kv_dtype="float16") against the same values
     in fp32: half the bytes, the same fp32 arithmetic. Taking turns, warm and with the cache evicted."""
     impl = dispatch.choose("decode_attention", "cpu")
-    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    evictor = cache_evictor()
     rows = []
     for h, hkv, dh in shapes:
         for s in contexts:
@@ -444,7 +461,7 @@ def decode_attention_fp16_section(shapes: list[tuple[int, int, int]], contexts: 
     return ("### Decode attention on an fp16 cache, one layer, batch 1\n\n"
             f"`{impl.name}` on a cache stored in fp16 (`kv_dtype=\"float16\"`; rows widened exactly as they "
             "are read, fp32 arithmetic) against the same values stored in fp32. Taking turns, fastest of "
-            f"{rounds} calls; \"evicted\": right after 96 MiB have been written.\n\n"
+            f"{rounds} calls; \"evicted\": right after {EVICT_MIB} MiB have been written.\n\n"
             + table(["heads / KV heads x dim", "keys", "fp32 cache (MiB)", "fp32 (ms)", "fp16 (ms)", "fp32 evicted (ms)",
                      "fp16 evicted (ms)", "fp16 speed-up", "fp16 speed-up, evicted"], rows))
 
@@ -474,9 +491,9 @@ def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: l
     """The decode-attention kernel's AVX-512 path against its AVX2 path, side by side: the op alone
     (fp32 and fp16 caches, warm and evicted), then YOCO decode steps with each path forced."""
     title = "### Decode attention: AVX-512 path vs AVX2 path\n\n"
-    if "avx512" not in decode_cpu.supported_isas():
-        return title + f"Not measured: this CPU runs {decode_cpu.supported_isas() or 'no C++ kernel'}, no AVX-512."
-    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    if missing := missing_decode_path("avx512", "AVX-512"):
+        return title + missing
+    evictor = cache_evictor()
     rows = []
     for h, hkv, dh in shapes:
         for s in contexts:
@@ -494,7 +511,7 @@ def decode_attention_isa_section(shapes: list[tuple[int, int, int]], contexts: l
     steps = yoco_steps_by_decode_path(d, layers, heads, contexts,
                                       [(dt, isa) for dt in ("float32", "float16") for isa in ("avx2", "avx512")])
     return (title + f"The op alone: each path forced (`isa=`), taking turns, fastest of {rounds} calls; \"evicted\": "
-            "right after 96 MiB have been written. \"default\": the path a call takes unless forced (AVX-512 "
+            f"right after {EVICT_MIB} MiB have been written. \"default\": the path a call takes unless forced (AVX-512 "
             "when the query heads per KV head are a multiple of 4).\n\n"
             + table(["heads / KV heads x dim", "keys", "cache", "AVX2 (ms)", "AVX-512 (ms)", "AVX2 evicted (ms)",
                      "AVX-512 evicted (ms)", "AVX-512 speed-up", "speed-up, evicted", "default"], rows)
@@ -508,9 +525,9 @@ def decode_attention_bf16_section(shapes: list[tuple[int, int, int]], contexts: 
     bf16 cache widened to fp32 arithmetic (the AVX-512 path forced) and against an fp32 cache, side by
     side: the op alone (warm and evicted, with its error against the reference), then YOCO decode steps."""
     title = "### Decode attention with bf16 dot products (`kv_dtype=\"bfloat16\"`)\n\n"
-    if "avx512_bf16" not in decode_cpu.supported_isas():
-        return title + f"Not measured: this CPU runs {decode_cpu.supported_isas() or 'no C++ kernel'}, no AVX-512 BF16."
-    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    if missing := missing_decode_path("avx512_bf16", "AVX-512 BF16"):
+        return title + missing
+    evictor = cache_evictor()
     rows = []
     for h, hkv, dh in shapes:
         for s in contexts:
@@ -531,7 +548,7 @@ def decode_attention_bf16_section(shapes: list[tuple[int, int, int]], contexts: 
     return (title + "The op alone, AVX-512: an fp32 cache, the same values in bf16 read with fp32 arithmetic "
             "(widened), and with bf16 dot products (queries and softmax weights rounded to bf16, fp32 sums; "
             f"the default for a bf16 cache). Taking turns, fastest of {rounds} calls; \"evicted\": right after "
-            "96 MiB have been written. Error: relative RMS of the bf16 dots against the fp32 reference on the "
+            f"{EVICT_MIB} MiB have been written. Error: relative RMS of the bf16 dots against the fp32 reference on the "
             "same bf16 cache.\n\n"
             + table(["heads / KV heads x dim", "keys", "fp32 (ms)", "bf16 widened (ms)", "bf16 dots (ms)",
                      "fp32 evicted (ms)", "bf16 widened evicted (ms)", "bf16 dots evicted (ms)",
@@ -544,7 +561,7 @@ def prefetch_section(d: int, layers: int, heads: int, contexts: list[int], round
     """Prefetching into L2 vs into L1, side by side: decode attention and the small-batch linear layer
     alone (forced each way, warm and evicted), then decode steps with the default (L2 for data of 16 MiB
     or more) against L1 everywhere (the kernels before 2026-12-03)."""
-    evictor = torch.zeros(96 * 2**20 // 4)  # larger than the last-level cache
+    evictor = cache_evictor()
     ops = []
     for h, hkv, dh in [(4, 1, 64), (4, 4, 64), (24, 8, 128)]:
         q, k, v = torch.randn(1, h, 1, dh), torch.randn(1, hkv, contexts[-1], dh), torch.randn(1, hkv, contexts[-1], dh)
@@ -590,7 +607,7 @@ def prefetch_section(d: int, layers: int, heads: int, contexts: list[int], round
             "model's layers) is now prefetched into L2, the rest into L1 as before: an L1 prefetch holds one of a "
             "core's few L1 miss buffers until its line arrives, which held the stream from memory back.\n\n"
             f"The op alone, each target forced, taking turns, fastest of {rounds} calls; \"evicted\": right after "
-            "96 MiB have been written; \"default\": the target a call takes unless forced.\n\n"
+            f"{EVICT_MIB} MiB have been written; \"default\": the target a call takes unless forced.\n\n"
             + table(["op", "data", "L1 (ms)", "L2 (ms)", "L1 evicted (ms)", "L2 evicted (ms)", "L2 speed-up",
                      "speed-up, evicted", "default"], rows)
             + f"\n\nDecode step (ms), batch 1, d={d}, {layers} layers, {heads} heads, fp32: the default against every "

@@ -23,8 +23,9 @@ class BackboneConfig(BaseModel):
     # keys and values to that dtype in every forward (gradients pass straight through) and cache them so:
     # half the state and half the bytes each decoded token reads. With float16, decoding still equals the
     # full forward, which sees the same rounded values. With bfloat16, the CPU decode kernel also computes
-    # in bf16 where the CPU has AVX-512 BF16 (queries and softmax weights rounded, as bf16 attention on
-    # GPUs): the fastest decoding, matching the full forward to bf16 precision (~1e-2), not exactly.
+    # in bf16 where the CPU has AVX-512 BF16 and the heads come in groups of 4 per KV head with a head dim
+    # that is a multiple of 32 (queries and softmax weights rounded, as bf16 attention on GPUs): the
+    # fastest decoding, matching the full forward to bf16 precision (~1e-2), not exactly.
     kv_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     ffn_mult: float = Field(8 / 3, gt=0)  # GLU hidden = ffn_mult * d_model, rounded to 8
     ffn_act: Literal["swiglu", "relu2"] = "swiglu"  # relu2: squared-ReLU GLU (BitNet b1.58)

@@ -95,7 +95,7 @@ def environment(**values: str | None):
 @contextlib.contextmanager
 def prefetch_target(far: bool | None = None):
     """Every kernel prefetches into L2 (`far`) or into L1, whatever the size of its data; None: by size,
-    the default (caches and weights of 16 MiB or more into L2)."""
+    the default (KV caches of 2 MiB or more and weights of 16 MiB or more into L2)."""
     before = decode_cpu.FAR_CACHE_BYTES, gemv_cpu.FAR_WEIGHT_BYTES
     if far is not None:
         decode_cpu.FAR_CACHE_BYTES = gemv_cpu.FAR_WEIGHT_BYTES = 0 if far else 1 << 62
@@ -559,8 +559,8 @@ def decode_attention_bf16_section(shapes: list[tuple[int, int, int]], contexts: 
 @torch.no_grad()
 def prefetch_section(d: int, layers: int, heads: int, contexts: list[int], rounds: int = 20) -> str:
     """Prefetching into L2 vs into L1, side by side: decode attention and the small-batch linear layer
-    alone (forced each way, warm and evicted), then decode steps with the default (L2 for data of 16 MiB
-    or more) against L1 everywhere (the kernels before 2026-12-03)."""
+    alone (forced each way, warm and evicted), then decode steps with the default (L2 for caches of 2 MiB
+    or more, weights of 16 MiB or more) against L1 everywhere (the kernels before 2026-12-03)."""
     evictor = cache_evictor()
     ops = []
     for h, hkv, dh in [(4, 1, 64), (4, 4, 64), (24, 8, 128)]:
@@ -600,12 +600,12 @@ def prefetch_section(d: int, layers: int, heads: int, contexts: list[int], round
     steps = [[name, f"{c:,}", "yes" if goes_to_l2(m, cfg, c) else "no (same setting: the run's noise)",
               f"{ms[name, c, True]:.2f}", f"{ms[name, c, False]:.2f}", f"{ms[name, c, True] / ms[name, c, False]:.2f}x"]
              for name, (m, cfg) in models.items() for c in (lo, hi)]
-    return ("### Prefetching into L2 (data from memory) vs into L1\n\n"
-            "The kernels prefetch the next block of their data while they work on this one. Data that comes from "
-            f"memory (caches of {decode_cpu.FAR_CACHE_BYTES / 2**20:.0f} MiB or more, weights of "
-            f"{gemv_cpu.FAR_WEIGHT_BYTES / 2**20:.0f} MiB or more: more than the last-level cache keeps between a "
-            "model's layers) is now prefetched into L2, the rest into L1 as before: an L1 prefetch holds one of a "
-            "core's few L1 miss buffers until its line arrives, which held the stream from memory back.\n\n"
+    return ("### Prefetching into L2 (data from L3 or memory) vs into L1\n\n"
+            "The kernels prefetch the next block of their data while they work on this one. KV caches of "
+            f"{decode_cpu.FAR_CACHE_BYTES / 2**20:.0f} MiB or more (larger than the cores' L2) and weights of "
+            f"{gemv_cpu.FAR_WEIGHT_BYTES / 2**20:.0f} MiB or more (more than the last-level cache keeps between a "
+            "model's layers) are prefetched into L2, the rest into L1 as before 2026-12-03: an L1 prefetch holds "
+            "one of a core's few L1 miss buffers until its line arrives, which held the stream back.\n\n"
             f"The op alone, each target forced, taking turns, fastest of {rounds} calls; \"evicted\": right after "
             f"{EVICT_MIB} MiB have been written; \"default\": the target a call takes unless forced.\n\n"
             + table(["op", "data", "L1 (ms)", "L2 (ms)", "L1 evicted (ms)", "L2 evicted (ms)", "L2 speed-up",

@@ -202,7 +202,7 @@ def test_scale_and_extreme_scores(ext):
 @pytest.mark.parametrize("isa", cpu.ISAS)
 @pytest.mark.parametrize("hkv", [6, 3, 1])
 def test_prefetching_into_l2_or_l1_gives_the_same_result(ext, monkeypatch, hkv, isa):
-    """Caches of FAR_CACHE_BYTES or more are prefetched into L2 (they come from memory), smaller ones
+    """Caches of FAR_CACHE_BYTES or more are prefetched into L2 (larger than the cores' L2), smaller ones
     into L1: where the lines go changes the speed only, bit for bit."""
     q, k, v = case(hkv, 3 * cpu.CHUNK + 17)
     size = 2 * k.numel() * k.element_size()

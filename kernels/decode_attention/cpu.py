@@ -6,8 +6,8 @@ of the group). AVX2 path: scores for 8 keys at a time (one transposing horizonta
 key row read once for all the queries of the group), a vectorised exp2, and the weighted sum of values
 in register tiles of the group's queries x D slices; the next block's keys are prefetched while this
 block's are scored and its values while this block's are summed, so memory requests stay in flight
-through every phase (into L2 for caches of FAR_CACHE_BYTES or more, which come from memory, else into
-L1); a second pass merges the chunks by their maxima. AVX-512 path: the same phases with 32
+through every phase (into L2 for caches of FAR_CACHE_BYTES or more, larger than the cores' L2, else
+into L1); a second pass merges the chunks by their maxima. AVX-512 path: the same phases with 32
 registers, scores in tiles of 4 queries x 4 keys (each key vector loaded once for the 4 queries, one
 16-sum reduction per tile) and the softmax on whole tiles; taken by default when the group is a
 multiple of 4 queries, where it is faster (`cpu_isa`).
@@ -43,14 +43,19 @@ CHUNK = 512  # most keys per work item (the kernel makes chunks equal, and small
 # reference, 4 / 4 x 64 at 64 keys 0.015 vs 0.023, 24 / 8 x 128 at 256 keys 0.070 vs 0.180, 4 / 1 x 64
 # at 1k keys 0.040 vs 0.105), so every cache takes the kernel.
 MIN_CACHE_BYTES = 0
-# Caches (keys + values bytes) from this size on are prefetched into L2, smaller ones into L1. A cache too
-# large for the last-level cache to keep between a model's layers streams from memory on every call, and
-# L1 prefetches (each holding one of a core's few L1 miss buffers) capped that stream at ~15-20 GB/s;
-# a cache that stays in L3 gains from L1 prefetches. 2-core AMD EPYC (Zen 4, 32 MiB L3): L2 prefetches
-# made 24 / 8 x 128 at 16k keys (128 MiB) 1.7x faster, 4 / 4 x 64 at 16k (32 MiB) 1.2-1.4x, and the
-# yoco-3b preset at 16k 468 -> 410 ms per token; L1 prefetches made YOCO 4 / 1 x 64 at 16k (8 MiB) in a
-# d=256 model 1.03-1.13x faster. (csrc/decode_attention_cpu.cpp, "Prefetching")
-FAR_CACHE_BYTES = 16 << 20
+# Caches (keys + values bytes) from this size on are prefetched into L2, smaller ones into L1. A cache
+# larger than the cores' L2 comes from L3 or from memory on every call, and L1 prefetches (each holding
+# one of a core's few L1 miss buffers until its line arrives) held that stream back: from memory at
+# ~15-20 GB/s; from L3 less, but still. A cache that stays in L2 gains from L1 prefetches. 2-core AMD EPYC
+# (Zen 4, 1 MiB L2 per core, 32 MiB L3): L2 prefetches made 24 / 8 x 128 at 16k keys (128 MiB) 1.7x
+# faster, 4 / 4 x 64 at 16k (32 MiB) 1.2-1.4x, the yoco-3b preset at 16k 468 -> 410 ms per token, and,
+# inside a d=256 YOCO 4 / 1 x 64 (the cache in L3 between layers), the 16k step 1.06-1.11x faster with an
+# fp32 cache (8 MiB) and 0.97-1.10x with bf16 (4 MiB), fastest of 40-50 interleaved rounds, four runs
+# (the threshold was 16 MiB until 2026-12-04: a run of the session before measured the 8 MiB case
+# 1.03-1.13x faster with L1 prefetches, which these runs did not reproduce); at 4k-8k keys (2-4 MiB) the
+# two read the same. L1 prefetches made the op alone at 1k keys (0.5 MiB) 1.14x faster (bf16: 1.03x).
+# (csrc/decode_attention_cpu.cpp, "Prefetching")
+FAR_CACHE_BYTES = 2 << 20
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the kernel reads
 
 

@@ -67,7 +67,8 @@ inline bool has_avx512_bf16() {
 // Prefetch the cache line at `p` for reading: into L2 when `far` (data streamed from memory: an L1
 // prefetch holds one of the core's few L1 miss buffers until its line arrives, which caps a core's
 // stream from memory well below the memory's speed; L2 has several times as many, and the hardware L1
-// prefetcher brings the lines on from L2), else into L1 (data that the last-level cache holds).
+// prefetcher brings the lines on from L2), else into L1 (data near the core; each caller sets `far` by
+// the size of its data).
 inline void prefetch_line(const void* p, bool far) {
   if (far)
     __builtin_prefetch(p, 0, 2);  // T1

@@ -54,13 +54,13 @@ constexpr int64_t kBlockBytes = 16384;  // AVX2: a block's value rows, reused ac
 // does ~17-20. 2-core AMD EPYC, caches evicted before each call, old -> new: 64k keys 4 / 1 x 64 2.47 ->
 // 1.85 ms, 16 / 4 x 64 10.9 -> 7.4 ms, 24 / 8 x 128 35.4 -> 32.6 ms, 4 / 4 x 64 7.07 -> 6.89 ms.
 // Where the lines go depends on where the cache lives (`far`, set by the caller from its size). A cache
-// that comes from memory on every call (larger than the last-level cache can keep between a model's
-// layers) is prefetched into L2 (latentlm::prefetch_line): L1 prefetches capped a core's stream from
-// memory at ~15-20 GB/s. 2-core AMD EPYC (Zen 4), fastest of 20 interleaved calls, L1 -> L2: 24 / 8 x 128
-// at 16k keys (128 MiB) 8.07 -> 4.65 ms, fp16 4.53 -> 2.98 ms; 4 / 4 x 64 at 16k (32 MiB) 0.70 -> 0.51
-// ms; in the preset yoco-3b at 16k, 468 -> 410 ms per token. A cache that stays in L3 is prefetched into
-// L1: YOCO 4 / 1 x 64 at 16k (8 MiB) decoded 1.03-1.13x faster so, inside a d=256 model, than with L2
-// prefetches. BENCHMARKS.md "Prefetching into L2" has both, side by side.
+// larger than the cores' L2 (from L3, or from memory on every call when the last-level cache cannot keep
+// it between a model's layers) is prefetched into L2 (latentlm::prefetch_line): L1 prefetches capped a
+// core's stream from memory at ~15-20 GB/s. 2-core AMD EPYC (Zen 4), fastest of 20 interleaved calls,
+// L1 -> L2: 24 / 8 x 128 at 16k keys (128 MiB) 8.07 -> 4.65 ms, fp16 4.53 -> 2.98 ms; 4 / 4 x 64 at 16k
+// (32 MiB) 0.70 -> 0.51 ms; in the preset yoco-3b at 16k, 468 -> 410 ms per token; from L3, a d=256 YOCO
+// 4 / 1 x 64 step at 16k (8 MiB) 1.06-1.11x faster. A cache that stays in L2 is prefetched into L1
+// (cpu.py's FAR_CACHE_BYTES has the figures). BENCHMARKS.md "Prefetching into L2" has both, side by side.
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round8(int64_t x) { return (x + 7) & ~int64_t(7); }

@@ -9,7 +9,7 @@ block's are scored and its values while this block's are summed, so memory reque
 through every phase (into L2 for caches of FAR_CACHE_BYTES or more, larger than the cores' L2, else
 into L1); a second pass merges the chunks by their maxima. AVX-512 path: the same phases with 32
 registers, scores in tiles of 4 queries x 4 keys (each key vector loaded once for the 4 queries, one
-16-sum reduction per tile) and the softmax on whole tiles; taken by default when the group is a
+16-sum reduction per tile; at D = 64 two queries share each FMA, 8-sums) and the softmax on whole tiles; taken by default when the group is a
 multiple of 4 queries, where it is faster (`cpu_isa`).
 The cache is streamed once per call, from any view whose rows are contiguous (a KV buffer with spare
 room is one): q fp32, the cache fp32, fp16 or bf16 (`BackboneConfig.kv_dtype`: each row widened

@@ -173,25 +173,27 @@ def matmul_gflops(device: str = "cpu", n: int = 2048, rounds: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def cross_attention_mflop(config: BackboneConfig, context: int) -> float:
+def cross_attention_mflop(model, config: BackboneConfig, context: int) -> float:
     """MFLOP of YOCO's cross-decoder attention for one decoded token: per layer, scores and the weighted
     sum of values, 2 FLOPs per multiply-add each, for every query head over `context` keys."""
-    cross_layers = config.n_layers - config.n_layers // 2
-    return cross_layers * 2 * 2 * config.n_heads * config.head_dim * context / 1e6
+    return len(model.cross_blocks) * 2 * 2 * config.n_heads * config.head_dim * context / 1e6
 
 
-def attention_growth_ms(config: BackboneConfig, lo: int, hi: int, device: str, rounds: int = 100) -> float:
+GROWTH_ROUNDS = 100  # interleaved calls of the decode-attention op per context in the flatness floor
+
+
+def attention_growth_ms(model, config: BackboneConfig, lo: int, hi: int, device: str) -> float:
     """Milliseconds that the cross-decoder's attention alone adds per token from `lo` to `hi` keys: the
     decode-attention op the model dispatches to, on a cache of the config's heads and kv_dtype, the two
-    contexts taking turns, `rounds` times (fastest call each), times the cross-decoder's layers."""
-    impl = dispatch.choose("decode_attention", device)
+    contexts taking turns, GROWTH_ROUNDS times (fastest call each), times the cross-decoder's layers."""
+    impl, dev = dispatch.choose("decode_attention", device), torch.device(device)
     dtype = getattr(torch, config.kv_dtype)
-    q = torch.randn(1, config.n_heads, 1, config.head_dim, device=device)
-    caches = {s: [torch.randn(1, config.kv_heads, s, config.head_dim, device=device).to(dtype) for _ in range(2)]
+    q = torch.randn(1, config.n_heads, 1, config.head_dim, device=dev)
+    caches = {s: [torch.randn(1, config.kv_heads, s, config.head_dim, device=dev).to(dtype) for _ in range(2)]
               for s in (lo, hi)}
-    calls = {s: (lambda k=k, v=v: impl.fn(q, k, v)) for s, (k, v) in caches.items()}
-    best = fastest_in_turns(calls, rounds)
-    return (config.n_layers - config.n_layers // 2) * 1e3 * (best[hi] - best[lo])
+    calls = {s: (lambda k=k, v=v: (impl.fn(q, k, v), synchronize(dev))) for s, (k, v) in caches.items()}
+    best = fastest_in_turns(calls, GROWTH_ROUNDS)
+    return len(model.cross_blocks) * 1e3 * (best[hi] - best[lo])
 
 
 def flatness_floor(ms: dict, models: dict, yocos: list[str], lo: int, hi: int, device: str) -> str:
@@ -202,13 +204,17 @@ def flatness_floor(ms: dict, models: dict, yocos: list[str], lo: int, hi: int, d
     rate = matmul_gflops(device)
     parts = []
     for k in yocos:
-        extra = cross_attention_mflop(models[k][1], hi) - cross_attention_mflop(models[k][1], lo)
+        model, config = models[k]
+        extra = cross_attention_mflop(model, config, hi) - cross_attention_mflop(model, config, lo)
         floor_ms = extra / rate  # MFLOP / (GFLOP/s) = ms
         measured = ms[k][hi] - ms[k][lo]
-        op_ms = attention_growth_ms(models[k][1], lo, hi, device)
+        op_ms = attention_growth_ms(model, config, lo, hi, device)
         part = (f"{k}: +{extra:.1f} MFLOP, {floor_ms:.2f} ms at that rate, "
-                f"floor {(ms[k][lo] + floor_ms) / ms[k][lo]:.2f}x; the op alone +{op_ms:.2f} ms "
-                f"({extra / op_ms:.0f} GFLOP/s), {(ms[k][lo] + op_ms) / ms[k][lo]:.2f}x; ")
+                f"floor {(ms[k][lo] + floor_ms) / ms[k][lo]:.2f}x; ")
+        if op_ms > 0:
+            part += f"the op alone +{op_ms:.2f} ms ({extra / op_ms:.0f} GFLOP/s), {(ms[k][lo] + op_ms) / ms[k][lo]:.2f}x; "
+        else:  # tiny contexts (--quick): the op's noise is larger than what the longer context adds
+            part += f"the op alone {op_ms:+.2f} ms, within the noise; "
         if measured > floor_ms:
             part += f"measured +{measured:.2f} ms ({extra / measured:.0f} GFLOP/s)"
         else:  # faster than the matmul: the step's noise is larger than the attention it adds
@@ -218,7 +224,7 @@ def flatness_floor(ms: dict, models: dict, yocos: list[str], lo: int, hi: int, d
             f"timed at this machine's fp32 matmul rate ({rate:.0f} GFLOP/s, torch.mm 2048 x 2048, measured "
             f"now) and added to the measured step at {lo:,}: the ratio of a kernel as fast as the matmul; "
             f"then the same growth timed on the decode-attention op alone (the {lo:,} and {hi:,} caches "
-            "taking turns, fastest of 100 calls each, times the cross-decoder's layers) and the ratio it gives. "
+            f"taking turns, fastest of {GROWTH_ROUNDS} calls each, times the cross-decoder's layers) and the ratio it gives. "
             + "; ".join(parts) + ".")
 
 

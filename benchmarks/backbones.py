@@ -184,14 +184,12 @@ GROWTH_ROUNDS = 100  # interleaved calls of the decode-attention op per context 
 
 def attention_growth_ms(model, config: BackboneConfig, lo: int, hi: int, device: str) -> float:
     """Milliseconds that the cross-decoder's attention alone adds per token from `lo` to `hi` keys: the
-    decode-attention op the model dispatches to, on a cache of the config's heads and kv_dtype, the two
+    decode-attention op the model dispatches to, on a global KV as `random_state` makes it, the two
     contexts taking turns, GROWTH_ROUNDS times (fastest call each), times the cross-decoder's layers."""
     impl, dev = dispatch.choose("decode_attention", device), torch.device(device)
-    dtype = getattr(torch, config.kv_dtype)
     q = torch.randn(1, config.n_heads, 1, config.head_dim, device=dev)
-    caches = {s: [torch.randn(1, config.kv_heads, s, config.head_dim, device=dev).to(dtype) for _ in range(2)]
-              for s in (lo, hi)}
-    calls = {s: (lambda k=k, v=v: (impl.fn(q, k, v), synchronize(dev))) for s, (k, v) in caches.items()}
+    states = {s: random_state(model, "yoco", config, s, device=dev) for s in (lo, hi)}  # global KV [1, Hkv, s, Dh]
+    calls = {s: (lambda st=st: (impl.fn(q, st.keys, st.values), synchronize(dev))) for s, st in states.items()}
     best = fastest_in_turns(calls, GROWTH_ROUNDS)
     return len(model.cross_blocks) * 1e3 * (best[hi] - best[lo])
 

@@ -1,4 +1,4 @@
-"""Causal backbones behind one contract (DESIGN.md §3).
+"""Causal backbones behind one contract (docs/design.md §3).
 
 `build_backbone(BackboneConfig(kind=...))` returns an `nn.Module` with
 `forward(h [B, T, D], state=None, valid=None) -> (out [B, T, D], state)` and `state_nbytes(state)`.
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from latentlm.backbones.config import BackboneConfig, BackboneKind
+from latentlm.backbones.config import (
+    BACKBONE_CONFIGS, AnyBackboneConfig, BackboneConfig, BackboneKind, BitNetConfig, LongNetConfig, RetNetConfig,
+    TransformerConfig, YOCOConfig, drop_legacy_fields, with_kind,
+)
 from latentlm.backbones.kv_cache import KVCache
 from latentlm.backbones.longnet import LongNet
 from latentlm.backbones.presets import PRESETS, preset
@@ -20,7 +23,7 @@ from latentlm.backbones.transformer import Transformer
 from latentlm.backbones.yoco import YOCO
 
 
-def _bitnet(config: BackboneConfig) -> nn.Module:
+def _bitnet(config: BitNetConfig) -> nn.Module:
     """BitNet b1.58: the Transformer with BitLinear projections and a squared-ReLU GLU, no biases."""
     return Transformer(config.model_copy(update={"ternary": True, "ffn_act": "relu2"}))
 
@@ -33,6 +36,7 @@ def build_backbone(config: BackboneConfig) -> nn.Module:
 
 
 __all__ = [
-    "PRESETS", "BackboneConfig", "BackboneKind", "KVCache", "LongNet", "RetNet", "Transformer", "YOCO",
-    "build_backbone", "preset",
+    "BACKBONE_CONFIGS", "PRESETS", "AnyBackboneConfig", "BackboneConfig", "BackboneKind", "BitNetConfig", "KVCache",
+    "LongNet", "LongNetConfig", "RetNet", "RetNetConfig", "Transformer", "TransformerConfig", "YOCO", "YOCOConfig",
+    "build_backbone", "drop_legacy_fields", "preset", "with_kind",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.config import LongNetConfig
 from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding
 import latentlm.kernels.dilated_attention  # noqa: F401  (registers the dilated_attention implementations)
@@ -30,7 +30,7 @@ from latentlm.kernels import dispatch
 
 
 class DilatedSelfAttention(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: LongNetConfig) -> None:
         super().__init__()
         self.config = config
         d = config.d_model
@@ -53,7 +53,7 @@ class DilatedSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: LongNetConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attn = DilatedSelfAttention(config)
@@ -69,7 +69,7 @@ class Block(nn.Module):
 class LongNet(nn.Module):
     """Backbone contract: forward(h [B, T, D], state=None, valid=None) -> (out [B, T, D], KVCache)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: LongNetConfig) -> None:
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))

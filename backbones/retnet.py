@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.config import RetNetConfig
 from latentlm.backbones.kv_cache import any_padding
 from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 import latentlm.kernels.retention_step  # noqa: F401  (registers the retention_step implementations)
@@ -93,7 +93,7 @@ class RetNetState:
 
 
 class MultiScaleRetention(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: RetNetConfig) -> None:
         super().__init__()
         self.config = config
         d, dh = config.d_model, config.head_dim
@@ -137,7 +137,7 @@ class MultiScaleRetention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: RetNetConfig) -> None:
         super().__init__()
         self.retention_norm = RMSNorm(config.d_model, config.norm_eps)
         self.retention = MultiScaleRetention(config)
@@ -153,7 +153,7 @@ class Block(nn.Module):
 class RetNet(nn.Module):
     """Backbone contract: forward(h [B, T, D], state=None, valid=None) -> (out [B, T, D], RetNetState)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: RetNetConfig) -> None:
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from latentlm.backbones.attention import attend
-from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.config import BitNetConfig, TransformerConfig
 from latentlm.backbones.kv_cache import KVBuffer, KVCache, any_padding, cache_rounded
 from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 import latentlm.kernels.rotary_heads  # noqa: F401  (registers the rotary_heads implementations)
@@ -48,7 +48,7 @@ def attention_mask_for(valid: Tensor, q_len: int, padded: bool) -> tuple[Tensor 
 
 
 class Attention(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: TransformerConfig | BitNetConfig) -> None:
         super().__init__()
         self.config = config
         d = config.d_model
@@ -71,7 +71,7 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: TransformerConfig | BitNetConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attn = Attention(config)
@@ -87,7 +87,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Backbone contract: forward(h [B, T, D], state=None, valid=None) -> (out [B, T, D], KVCache)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: TransformerConfig | BitNetConfig) -> None:
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentlm.backbones.attention import attend
-from latentlm.backbones.config import BackboneConfig
+from latentlm.backbones.config import YOCOConfig
 from latentlm.backbones.kv_cache import KVBuffer, any_padding, cache_rounded
 from latentlm.backbones.layers import RMSNorm, ffn, linear, residual_ffn, rotary_angles
 from latentlm.backbones.transformer import attention_mask_for
@@ -105,7 +105,7 @@ class GatedRetention(nn.Module):
     """Multi-head gated retention (YOCO's gRet): q, k with RoPE, a data-dependent scalar decay per
     head and token, per-head RMSNorm of the output and a swish output gate."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: YOCOConfig) -> None:
         super().__init__()
         self.config = config
         d, h, dh = config.d_model, config.n_heads, config.head_dim
@@ -147,7 +147,7 @@ class GatedRetention(nn.Module):
 class SlidingWindowAttention(nn.Module):
     """Causal attention over the last `config.window` positions (the query's own included)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: YOCOConfig) -> None:
         super().__init__()
         self.config = config
         d = config.d_model
@@ -173,7 +173,7 @@ class SlidingWindowAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Queries of this layer (n_heads) against the shared global keys/values (n_kv_heads)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: YOCOConfig) -> None:
         super().__init__()
         self.config = config
         d = config.d_model
@@ -192,7 +192,7 @@ class CrossAttention(nn.Module):
 
 
 class SelfBlock(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: YOCOConfig) -> None:
         super().__init__()
         self.mixer_norm = RMSNorm(config.d_model, config.norm_eps)
         if config.self_decoder == "gated_retention":
@@ -209,7 +209,7 @@ class SelfBlock(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: YOCOConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attn = CrossAttention(config)
@@ -225,7 +225,7 @@ class YOCO(nn.Module):
     """Backbone contract: forward(h [B, T, D], state=None, valid=None, early_exit=False)
     -> (out [B, T, D], YOCOState), or out [B, 1, D] (the last position only) when early_exit=True."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: YOCOConfig) -> None:
         super().__init__()
         self.config = config
         n_self = config.n_layers // 2

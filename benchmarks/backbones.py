@@ -65,7 +65,7 @@ def random_state(model, kind: str, config: BackboneConfig, context: int, batch: 
     """A state of `context` past positions on `device`, filled with random values; KV caches have
     `config.kv_heads` heads and are stored in `config.kv_dtype`."""
     h, hkv, dh, n = config.n_heads, config.kv_heads, config.head_dim, config.n_layers
-    dtype = getattr(torch, config.kv_dtype)
+    dtype = getattr(torch, getattr(config, "kv_dtype", "float32"))  # RetNet's config has no KV cache
     kv = lambda: torch.randn(batch, hkv, context, dh, device=device).to(dtype)  # noqa: E731
     square = lambda: torch.randn(batch, h, dh, dh, device=device)  # noqa: E731  (a recurrent state)
     valid = torch.ones(batch, context, dtype=torch.bool, device=device)
@@ -243,7 +243,8 @@ def decode_section(d: int, layers: int, heads: int, contexts: list[int], yoco: l
     kinds += [("transformer", None, "float16")] if fp16_transformer else []
     for kind, kv, kv_dtype in kinds + [("yoco", *y) for y in yoco]:
         name = yoco_name(heads, kv, kv_dtype) if kind == "yoco" else kind + KV_TAGS[kv_dtype]
-        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, kv_dtype=kv_dtype)
+        gqa = {} if kind == "retnet" else {"n_kv_heads": kv, "kv_dtype": kv_dtype}
+        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, **gqa)
         torch.manual_seed(0)
         models[name] = (build_backbone(config).to(device).eval(), config)
     params = {k: sum(p.numel() for p in m.parameters()) for k, (m, _) in models.items()}
@@ -292,7 +293,8 @@ def kernels_section(d: int, layers: int, heads: int, contexts: list[int], yoco_k
     models = {}
     for kind, kv in [("transformer", None), ("retnet", None), ("yoco", yoco_kv_heads)]:
         name = kind if kind != "yoco" else yoco_name(heads, kv, "float32")
-        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv)
+        gqa = {} if kind == "retnet" else {"n_kv_heads": kv}
+        config = BackboneConfig(kind=kind, d_model=d, n_layers=layers, n_heads=heads, **gqa)
         torch.manual_seed(0)
         models[name] = (build_backbone(config).eval(), config)
     cases = {(k, c, use): (m, cfg, c, use) for k, (m, cfg) in models.items() for c in contexts for use in (False, True)}

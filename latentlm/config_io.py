@@ -7,26 +7,33 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from latentlm.backbones import BACKBONE_CONFIGS
 from latentlm.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """1-based line of the YAML node at pydantic location `loc`, or of its nearest parent."""
+def _locate(node: yaml.Node | None, loc: tuple) -> tuple[int | None, tuple]:
+    """1-based line of the YAML node at pydantic location `loc` (or its nearest parent), and the part
+    of `loc` that names keys of the file (a discriminated union's tag, e.g. the backbone kind, is not one)."""
     line = node.start_mark.line + 1 if node is not None else None
+    shown = []
     for key in loc:
         if isinstance(node, yaml.MappingNode):
             match = [v for k, v in node.value if k.value == key]
             if not match:
-                break
+                if key not in BACKBONE_CONFIGS:  # a backbone kind is the union's tag, not a key of the file
+                    shown.append(key)
+                continue
             node = match[0]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
         else:
-            break
+            shown.append(key)
+            continue
+        shown.append(key)
         line = node.start_mark.line + 1
-    return line
+    return line, tuple(shown)
 
 
 def parse_yaml(text: str, source: str) -> tuple[dict, yaml.Node | None]:
@@ -49,8 +56,7 @@ def validate(model: type[M], data: dict, source: str, node: yaml.Node | None = N
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = tuple(err["loc"])
-        line = _line_of(node, loc)
+        line, loc = _locate(node, tuple(err["loc"]))
         where = f" (line {line})" if line else ""
         key = ".".join(str(p) for p in loc) or "<top>"
         raise ConfigError(f"{source}{where}: {key}: {err['msg']}") from None

@@ -59,13 +59,16 @@ class LatentLM(nn.Module):
         return self.backbone(x, state, valid=batch.valid)
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Diffusion loss on latent positions + weighted cross-entropy on text positions."""
+        """Diffusion loss on generated latent positions + weighted cross-entropy on text positions.
+
+        Latents that are read (understanding: `Latent(..., target=False)`) are inputs only."""
         h, _ = self(batch)  # [B, T, d]
         h, nxt = h[:, :-1], slice(1, None)
         both_valid = batch.valid[:, :-1] & batch.valid[:, nxt]
-        latent_next = both_valid & batch.is_latent[:, nxt]  # [B, T-1]
+        latent_next = both_valid & batch.latent_target[:, nxt]  # [B, T-1]
         text_next = both_valid & ~batch.is_latent[:, nxt]
-        diff = self.diffusion.loss(batch.latents[:, nxt][latent_next], h[latent_next])
+        targets = batch.latents[:, nxt][latent_next]  # [N_lat, D]
+        diff = self.diffusion.loss(targets, h[latent_next]) if targets.numel() else h.sum() * 0
         logits = self.lm_head(h[text_next])  # [N_text, V]
         ce = F.cross_entropy(logits, batch.ids[:, nxt][text_next]) if logits.numel() else h.sum() * 0
         total = diff + self.config.text_loss_weight * ce

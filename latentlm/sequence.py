@@ -1,7 +1,9 @@
-"""The interleaved sequence format (DESIGN.md §3) and the one collate function.
+"""The interleaved sequence format (docs/design.md §3) and the one collate function.
 
-A `Sequence` is a list of segments, each `Text(ids)` or `Latent(modality, z)`. A latent span is
-framed by `<image>`...`</image>` (or the audio markers). Flattened, every position holds either a
+A `Sequence` is a list of segments, each `Text(ids)` or `Latent(modality, z, target)`. A latent span
+is framed by `<image>`...`</image>` (or the audio markers). The order sets the direction: a span after
+its caption is generated (`target=True`: the diffusion head learns it), a span before the task text is
+read (`target=False`: an input only, no diffusion loss). Flattened, every position holds either a
 token id or a latent vector; `collate` left-pads a list of sequences into one `Batch`, so that all
 rows end together and decoding continues every row at the same step.
 """
@@ -26,6 +28,7 @@ class Text:
 class Latent:
     modality: Modality
     z: Tensor  # [N, latent_dim]
+    target: bool = True  # predicted by the diffusion head (generation); False: read as input (understanding)
 
 
 Segment = Union[Text, Latent]
@@ -39,59 +42,74 @@ class Batch:
     is_latent: Tensor  # [B, T] bool
     slot: Tensor  # [B, T] long; at a position whose NEXT element is a latent: that latent's index in its span, else -1
     valid: Tensor  # [B, T] bool; False at padding
+    latent_target: Tensor  # [B, T] bool; latent positions the diffusion head learns (a subset of is_latent)
 
     def to(self, device) -> "Batch":
-        return Batch(*(getattr(self, f).to(device) for f in ("ids", "latents", "is_latent", "slot", "valid")))
+        fields = ("ids", "latents", "is_latent", "slot", "valid", "latent_target")
+        return Batch(*(getattr(self, f).to(device) for f in fields))
 
 
-def frame(modality: Modality, z: Tensor, marker_id) -> Sequence:
+def frame(modality: Modality, z: Tensor, marker_id, target: bool = True) -> Sequence:
     """The span `<m> z_1 .. z_N </m>` as segments, with `marker_id(name) -> id`."""
     start, end = SPAN_MARKERS[modality]
-    return [Text([marker_id(start)]), Latent(modality, z), Text([marker_id(end)])]
+    return [Text([marker_id(start)]), Latent(modality, z, target), Text([marker_id(end)])]
 
 
-def flatten(seq: Sequence, latent_dim: int, pad_id: int) -> tuple[list[int], Tensor, list[bool], list[int]]:
-    """One sequence -> (ids, latents [T, D], is_latent, slot)."""
-    ids: list[int] = []
-    latents: list[Tensor] = []
-    is_latent: list[bool] = []
-    slot: list[int] = []
+class _Flat:
+    """One sequence laid out position by position."""
+
+    def __init__(self, latent_dim: int) -> None:
+        self.ids: list[int] = []
+        self.latents: list[Tensor] = [torch.zeros(0, latent_dim)]
+        self.is_latent: list[bool] = []
+        self.slot: list[int] = []
+        self.target: list[bool] = []
+
+
+def flatten(seq: Sequence, latent_dim: int, pad_id: int) -> _Flat:
+    """One sequence -> its positions (ids, latents [T, D], is_latent, slot, target)."""
+    f = _Flat(latent_dim)
     for seg in seq:
         if isinstance(seg, Text):
-            ids += seg.ids
-            latents.append(torch.zeros(len(seg.ids), latent_dim))
-            is_latent += [False] * len(seg.ids)
-            slot += [-1] * len(seg.ids)
-        else:
-            n = seg.z.shape[0]
-            if seg.z.ndim != 2 or seg.z.shape[1] != latent_dim:
-                raise ValueError(f"latent segment must be [N, {latent_dim}], got {list(seg.z.shape)}")
-            if slot:
-                slot[-1] = 0  # the position before the span predicts latent 0
-            if n == 0:  # an open span, to be generated: only the slot of its first latent is set
-                continue
-            ids += [pad_id] * n
-            latents.append(seg.z.float())
-            is_latent += [True] * n
-            slot += list(range(1, n)) + [-1]
-    return ids, torch.cat(latents) if latents else torch.zeros(0, latent_dim), is_latent, slot
+            n = len(seg.ids)
+            f.ids += seg.ids
+            f.latents.append(torch.zeros(n, latent_dim))
+            f.is_latent += [False] * n
+            f.slot += [-1] * n
+            f.target += [False] * n
+            continue
+        n = seg.z.shape[0]
+        if seg.z.ndim != 2 or seg.z.shape[1] != latent_dim:
+            raise ValueError(f"latent segment must be [N, {latent_dim}], got {list(seg.z.shape)}")
+        if f.slot:
+            f.slot[-1] = 0  # the position before the span predicts latent 0
+        if n == 0:  # an open span, to be generated: only the slot of its first latent is set
+            continue
+        f.ids += [pad_id] * n
+        f.latents.append(seg.z.float())
+        f.is_latent += [True] * n
+        f.slot += list(range(1, n)) + [-1]
+        f.target += [seg.target] * n
+    return f
 
 
 def collate(seqs: list[Sequence], latent_dim: int, pad_id: int) -> Batch:
     """Left-pad sequences to one length: [B, T] tensors (and [B, T, D] latents)."""
     flat = [flatten(s, latent_dim, pad_id) for s in seqs]
-    t = max(len(f[0]) for f in flat)
+    t = max(len(f.ids) for f in flat)
     b = len(seqs)
     ids = torch.full((b, t), pad_id, dtype=torch.long)
     latents = torch.zeros(b, t, latent_dim)
     is_latent = torch.zeros(b, t, dtype=torch.bool)
     slot = torch.full((b, t), -1, dtype=torch.long)
     valid = torch.zeros(b, t, dtype=torch.bool)
-    for i, (f_ids, f_lat, f_is, f_slot) in enumerate(flat):
-        n = len(f_ids)
-        ids[i, t - n:] = torch.tensor(f_ids, dtype=torch.long)
-        latents[i, t - n:] = f_lat
-        is_latent[i, t - n:] = torch.tensor(f_is, dtype=torch.bool)
-        slot[i, t - n:] = torch.tensor(f_slot, dtype=torch.long)
+    target = torch.zeros(b, t, dtype=torch.bool)
+    for i, f in enumerate(flat):
+        n = len(f.ids)
+        ids[i, t - n:] = torch.tensor(f.ids, dtype=torch.long)
+        latents[i, t - n:] = torch.cat(f.latents)
+        is_latent[i, t - n:] = torch.tensor(f.is_latent, dtype=torch.bool)
+        slot[i, t - n:] = torch.tensor(f.slot, dtype=torch.long)
         valid[i, t - n:] = True
-    return Batch(ids, latents, is_latent, slot, valid)
+        target[i, t - n:] = torch.tensor(f.target, dtype=torch.bool)
+    return Batch(ids, latents, is_latent, slot, valid, target)

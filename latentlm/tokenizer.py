@@ -1,8 +1,11 @@
 """Text tokenizer: a sentencepiece model trained by `latentlm train-tokenizer` on our own corpus.
 
-The special tokens of DESIGN.md §3 are single ids (sentencepiece user-defined symbols): the latent
+The special tokens of docs/design.md §3 are single ids (sentencepiece user-defined symbols): the latent
 span markers, Kosmos-2's grounding tokens and the 1024 `<patch_index_XXXX>` tokens of its 32x32 grid.
 Byte fallback lets any UTF-8 text round-trip, so prompts outside the corpus still encode.
+
+Tokens added after a model was trained (`ADDED_TOKENS`) are appended to the end of the vocabulary, so
+every earlier id keeps its meaning and a trained model only grows new embedding rows.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ SPAN_TOKENS = ("<image>", "</image>", "<audio>", "</audio>")
 GROUNDING_TOKENS = ("<grounding>", "<phrase>", "</phrase>", "<object>", "</object>")
 PATCH_TOKENS = tuple(f"<patch_index_{i:04d}>" for i in range(32 * 32))
 SPECIAL_TOKENS = SPAN_TOKENS + GROUNDING_TOKENS + PATCH_TOKENS
+# Appended after the trained vocabulary (ids past the BPE pieces): Kosmos-2's separator of several boxes.
+ADDED_TOKENS = ("</delimiter_of_multi_objects/>",)
 
 # A few words beyond the shapes captions, so that instructions and questions tokenize sensibly.
 EXTRA_CORPUS = (
@@ -88,8 +93,36 @@ class TextTokenizer:
         return self.sp.EncodeAsPieces(text)
 
 
+def append_tokens(model_bytes: bytes, tokens: Iterable[str]) -> bytes:
+    """A sentencepiece model with `tokens` appended as user-defined pieces (new ids at the end)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_bytes)
+    have = {p.piece for p in proto.pieces}
+    for token in tokens:
+        if token not in have:
+            proto.pieces.add(piece=token, score=0.0, type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+    return proto.SerializeToString()
+
+
+def extend_tokenizer(model_file: str | os.PathLike, out_file: str | os.PathLike) -> TextTokenizer:
+    """Append any missing `ADDED_TOKENS` to an older tokenizer, keeping its ids (for warm starts)."""
+    _write_atomic(Path(out_file), append_tokens(Path(model_file).read_bytes(), ADDED_TOKENS))
+    return TextTokenizer(out_file)
+
+
+def _write_atomic(out: Path, data: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+
+
 def train_tokenizer(corpus: Iterable[str], out_file: str | os.PathLike, vocab_size: int = 1400) -> TextTokenizer:
-    """Train a BPE sentencepiece model on `corpus` and write it atomically to `out_file`."""
+    """Train a BPE sentencepiece model on `corpus`, append `ADDED_TOKENS`, write it atomically to `out_file`.
+
+    `vocab_size` counts the trained pieces; the appended tokens come on top."""
     lines = [line.strip() for line in corpus if line.strip()] + list(EXTRA_CORPUS)
     model = io.BytesIO()
     spm.SentencePieceTrainer.Train(
@@ -106,17 +139,13 @@ def train_tokenizer(corpus: Iterable[str], out_file: str | os.PathLike, vocab_si
         num_threads=1,
         minloglevel=2,
     )
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, out)
-    return TextTokenizer(out)
+    _write_atomic(Path(out_file), append_tokens(model.getvalue(), ADDED_TOKENS))
+    return TextTokenizer(out_file)
 
 
 def shapes_corpus(n: int = 20_000) -> list[str]:
     """Captions and grounding strings of the first `n` train scenes."""
-    from latentlm.shapes import scene_for
+    from latentlm.data.shapes import scene_for
 
     out = []
     for i in range(n):

@@ -79,7 +79,7 @@ def tiny_lm_config(tiny_dir, tiny_tokenizer_path, tiny_codec_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dir, tiny_lm_config) -> Path:
     """A 30-step training run from scratch; returns its run folder (final/ holds the model)."""
-    from latentlm.lm_training import train_lm
+    from latentlm.training.lm import train_lm
 
     run = tiny_dir / "run"
     train_lm(tiny_lm_config, run, progress=False)

@@ -106,16 +106,16 @@ def duplicated_kv_heads(state: dict, kind: str, d: int, hkv: int, g: int, dh: in
     return out
 
 
-@pytest.mark.parametrize("kind,extra", [("transformer", {}), ("yoco", {"self_decoder": "gated_retention"}),
-                                        ("yoco", {"self_decoder": "sliding_window", "window": 5})])
+@pytest.mark.parametrize("kind,extra", [("transformer", {}),
+                                        ("yoco", {"chunk_size": 4, "self_decoder": "gated_retention"}),
+                                        ("yoco", {"chunk_size": 4, "self_decoder": "sliding_window", "window": 5})])
 @pytest.mark.parametrize("hkv", [3, 1])
 @torch.no_grad()
 def test_gqa_model_is_mha_with_duplicated_kv_heads(kind, extra, hkv):
     d = 48
     torch.manual_seed(0)
-    gqa = build_backbone(BackboneConfig(kind=kind, d_model=d, n_layers=2, n_heads=H, n_kv_heads=hkv, chunk_size=4,
-                                        **extra)).eval()
-    mha = build_backbone(BackboneConfig(kind=kind, d_model=d, n_layers=2, n_heads=H, chunk_size=4, **extra)).eval()
+    gqa = build_backbone(BackboneConfig(kind=kind, d_model=d, n_layers=2, n_heads=H, n_kv_heads=hkv, **extra)).eval()
+    mha = build_backbone(BackboneConfig(kind=kind, d_model=d, n_layers=2, n_heads=H, **extra)).eval()
     mha.load_state_dict(duplicated_kv_heads(gqa.state_dict(), kind, d, hkv, H // hkv, d // H))
     x = torch.randn(B, 11, d)
     valid = torch.ones(B, 11, dtype=torch.bool)

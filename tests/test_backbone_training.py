@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import write_tiny_lm_config
-from latentlm.lm_training import train_lm
+from latentlm.training.lm import train_lm
 
 pytestmark = pytest.mark.slow
 

@@ -49,7 +49,7 @@ def test_session_is_seeded_with_every_backbone(trained, kind):
     session = Session(str(trained[kind]), steps=2)
     a = session.run("draw a blue square", seed=3)
     b = session.run("draw a blue square", seed=3)
-    assert a.workflow == "text_to_image" and a.image.size == (64, 64)
+    assert a.plan.workflow == "text-to-image" and a.image.size == (64, 64)
     assert a.image.tobytes() == b.image.tobytes()
 
 

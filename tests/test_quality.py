@@ -22,7 +22,7 @@ def test_shipped_model_is_small(shipped):
 
 
 def test_t2i_prompt_adherence_meets_the_bars(shipped):
-    from latentlm.evaluation import eval_t2i
+    from latentlm.evaluation.t2i import eval_t2i
 
     report = eval_t2i(shipped, n_single=120, n_pair=120, seed=0, progress=False)
     assert report["n_single"] + report["n_pair"] >= 200
@@ -31,7 +31,7 @@ def test_t2i_prompt_adherence_meets_the_bars(shipped):
 
 
 def test_codec_psnr_meets_the_bar(shipped):
-    from latentlm.evaluation import eval_codec
+    from latentlm.evaluation.codec import eval_codec
 
     report = eval_codec(shipped.codecs["image"], n=256, split="test")
     assert report["psnr_db"] >= 30.0, report
@@ -41,8 +41,9 @@ def test_session_draws_with_the_default_model():
     from latentlm import Session
 
     result = Session().run("draw a red circle", seed=0)
-    assert result.workflow == "text_to_image" and result.prompt == "a red circle"
+    assert result.plan.workflow == "text-to-image" and result.plan.steps[0].args == {"prompt": "a red circle"}
+    assert result.steps[0]["workflow"] == "text-to-image" and result.seed == 0
     assert result.image.size == (64, 64)
-    from latentlm.scene_parser import adheres
+    from latentlm.evaluation.scene_parser import adheres
 
     assert adheres(result.image, "a red circle")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from latentlm.scene_parser import ParsedObject, Prompt, Request, adheres, check, parse_prompt, parse_scene
-from latentlm.shapes import PALETTE, SHAPES, ShapeObject, caption_of, render, scene_for
+from latentlm.evaluation.scene_parser import ParsedObject, Prompt, Request, adheres, check, parse_prompt, parse_scene
+from latentlm.data.shapes import PALETTE, SHAPES, ShapeObject, caption_of, render, scene_for
 
 N_SCENES = 240
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}

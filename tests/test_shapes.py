@@ -1,4 +1,4 @@
-"""The shapes world follows its spec (DESIGN.md §5): canvas, palette, sizes, layout, captions, grounding."""
+"""The shapes world follows its spec (docs/design.md §5): canvas, palette, sizes, layout, captions, grounding."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentlm.shapes import (
+from latentlm.data.shapes import (
     CANVAS, GRID, MARGIN, MIN_GAP, PALETTE, SHAPES, SIZES, SPLIT_SEED_SPAN, SPLITS, ShapeObject, boxes_apart,
     caption_of, patch_index_pair, render, sample_scene, scene_for, split_seed, write_split,
 )

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from conftest import write_tiny_lm_config
 from latentlm.errors import ConfigError
 from latentlm.generation import generate_images
-from latentlm.lm_training import train_lm
+from latentlm.training.lm import train_lm
 from latentlm.model import LatentLM
 
 
@@ -70,9 +70,9 @@ def test_seeded_generation_is_deterministic(tiny_model_dir):
 
 def test_batch_is_a_pure_function_of_step(tiny_lm_config, tmp_path):
     from latentlm.config_io import load_yaml_config
-    from latentlm.lm_training import LMTrainConfig, TextToImageTask
+    from latentlm.training.lm import LMTrainConfig, LatentLMTask
 
-    task = TextToImageTask(load_yaml_config(tiny_lm_config, LMTrainConfig), tmp_path)
+    task = LatentLMTask(load_yaml_config(tiny_lm_config, LMTrainConfig), tmp_path)
     a, b, c = task.batch(5, 4), task.batch(5, 4), task.batch(6, 4)
     assert torch.equal(a.ids, b.ids) and torch.equal(a.latents, b.latents)
     assert not torch.equal(a.latents, c.latents)
@@ -88,26 +88,26 @@ def test_batch_is_a_pure_function_of_step(tiny_lm_config, tmp_path):
 def test_batches_of_another_seed_differ(tiny_lm_config, tmp_path):
     """A second stage (train.seed: 1) sees other scenes and noise at the same step than the first."""
     from latentlm.config_io import load_yaml_config
-    from latentlm.lm_training import LMTrainConfig, TextToImageTask
+    from latentlm.training.lm import LMTrainConfig, LatentLMTask
 
     config = load_yaml_config(tiny_lm_config, LMTrainConfig)
-    first = TextToImageTask(config, tmp_path).batch(3, 4)
+    first = LatentLMTask(config, tmp_path).batch(3, 4)
     config.train.seed = 1
-    second = TextToImageTask(config, tmp_path).batch(3, 4)
+    second = LatentLMTask(config, tmp_path).batch(3, 4)
     assert not torch.equal(first.latents, second.latents)
 
 
 def test_init_from_starts_a_second_stage_from_saved_weights(tiny_lm_config, tiny_model_dir, tmp_path):
     from latentlm.config_io import load_yaml_config
-    from latentlm.lm_training import LMTrainConfig, TextToImageTask
+    from latentlm.training.lm import LMTrainConfig, LatentLMTask
 
     config = load_yaml_config(tiny_lm_config, LMTrainConfig)
     config.init_from = str(tiny_model_dir)
-    task = TextToImageTask(config, tmp_path)
+    task = LatentLMTask(config, tmp_path)
     saved = LatentLM.from_pretrained(tiny_model_dir).state_dict()
     for name, value in task.model.state_dict().items():
         assert torch.equal(value, saved[name]), name
 
     config.backbone = config.backbone.model_copy(update={"d_model": 32})
     with pytest.raises(ConfigError, match="init_from: .* backbone differ"):
-        TextToImageTask(config, tmp_path)
+        LatentLMTask(config, tmp_path)

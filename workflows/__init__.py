@@ -1,5 +1,6 @@
-"""Agent-style layer over the core: Session, planner and workflows."""
-from latentlm.workflows.planner import Plan, plan
-from latentlm.workflows.session import Result, Session
+"""Agent-style layer over the core: Session, planner, workflows and their Result."""
+from latentlm.workflows.planner import Plan, Step, plan
+from latentlm.workflows.result import Entity, Result
+from latentlm.workflows.session import Session
 
-__all__ = ["Plan", "Result", "Session", "plan"]
+__all__ = ["Entity", "Plan", "Result", "Session", "Step", "plan"]

@@ -1,15 +1,31 @@
-"""The text-to-image workflow: one prompt in, one picture out."""
+"""The text-to-image workflow: a description in, a picture out."""
 from __future__ import annotations
 
-from PIL import Image
+from typing import Any
+
+from pydantic import Field
 
 from latentlm.generation import generate_images
-from latentlm.model import LatentLM
-from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
+from latentlm.workflows.registry import Fields, Words, Workflow, register
 
 
-def text_to_image(
-    model: LatentLM, prompt: str, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, seed: int = 0,
-    temperature: float = DEFAULT_TEMPERATURE,
-) -> Image.Image:
-    return generate_images(model, [prompt], steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)[0]
+class TextToImageInputs(Fields):
+    prompt: Words
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
+class ImageOutputs(Fields):
+    image: Any  # PIL image
+
+
+@register
+class TextToImage(Workflow):
+    name = "text-to-image"
+    description = "Draw a picture of a description, e.g. 'a red circle above a blue square'."
+    Inputs = TextToImageInputs
+    Outputs = ImageOutputs
+
+    def run(self, session, prompt: str, seed: int) -> ImageOutputs:
+        image = generate_images(session.model, [prompt], steps=session.steps, cfg_scale=session.cfg_scale, seed=seed,
+                                temperature=session.temperature)[0]
+        return ImageOutputs(image=image)

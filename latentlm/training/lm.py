@@ -1,8 +1,13 @@
-"""`latentlm train`: train a LatentLM on the shapes world (text-to-image for now).
+"""`latentlm train`: train a LatentLM on a mixture of shapes-world tasks.
+
+Text-to-image (`caption <image> z </image>`: diffusion loss on z) and the understanding tasks of
+`latentlm.data.tasks` (`<image> mu </image> prompt answer`: text loss only) share one model. Each
+sequence of a batch draws its task by the config's weights.
 
 The image codec is frozen: the posterior means of the training scenes are encoded once and cached.
-Each step draws the sigma-VAE noise afresh (z = mu + sigma * eps, sigma per sample), so the model
-learns to continue from exactly the kind of latent it will sample.
+For generation each step draws the sigma-VAE noise afresh (z = mu + sigma * eps, sigma per sample),
+so the model learns to continue from exactly the kind of latent it will sample; a picture that is
+read enters as its means mu, as at inference.
 """
 from __future__ import annotations
 
@@ -10,27 +15,43 @@ import random
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from latentlm.backbones import BackboneConfig
+from latentlm.backbones import BackboneConfig, with_kind
 from latentlm.checkpoint import load_codec, load_weights, read_config
-from latentlm.codec_training import shapes_images
+from latentlm.data.rendered import shapes_images
 from latentlm.config_io import load_yaml_config
 from latentlm.diffusion_head import DiffusionHeadConfig
 from latentlm.errors import ConfigError
 from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, collate, frame
-from latentlm.shapes import scene_for
+from latentlm.data.shapes import scene_for
+from latentlm.data.tasks import UNDERSTANDING_TASKS, draw_example
 from latentlm.tokenizer import TextTokenizer
-from latentlm.trainer import OptimConfig, train
+from latentlm.training.trainer import OptimConfig, train
+
+
+TASKS = ("t2i", *UNDERSTANDING_TASKS)
 
 
 class LMDataConfig(BaseModel):
     n_train: int = Field(20_000, ge=1)
     size_drop: float = Field(0.3, ge=0, le=1)  # drop "small"/"large" from single-object captions
+    # Task -> weight in the mixture: "t2i" (text-to-image) and the understanding tasks.
+    tasks: dict[str, float] = Field(default_factory=lambda: {"t2i": 1.0})
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}: use some of {list(TASKS)}")
+        if not tasks or any(w < 0 for w in tasks.values()) or sum(tasks.values()) <= 0:
+            raise ValueError("give each task a weight >= 0, with a positive total")
+        return tasks
 
 
 class LMTrainConfig(BaseModel):
@@ -63,7 +84,7 @@ def encode_scenes(codec: nn.Module, n: int, batch_size: int = 256) -> Tensor:
     return torch.cat(out)
 
 
-class TextToImageTask:
+class LatentLMTask:
     def __init__(self, config: LMTrainConfig, cache_dir: Path) -> None:
         self.config = config
         self.tokenizer = TextTokenizer(config.tokenizer)
@@ -78,20 +99,27 @@ class TextToImageTask:
         if config.init_from:
             self._init_from(Path(config.init_from), model_config)
         self.mu = self._cached_means(Path(cache_dir) / "scene_means.pt")
-        self.captions = [scene_for("train", i).caption for i in range(config.data.n_train)]
+        self.scenes = [scene_for("train", i) for i in range(config.data.n_train)]
+        self.task_names = list(config.data.tasks)
+        self.task_weights = [config.data.tasks[t] for t in self.task_names]
 
     def _init_from(self, directory: Path, model_config: ModelConfig) -> None:
-        """Load a trained LatentLM's weights; its architecture must be the one this config builds."""
+        """Load a trained LatentLM's weights; its architecture must be the one this config builds.
+
+        The vocabulary may have grown at its end (tokens appended to the tokenizer): the old rows
+        keep their weights and the new ones start fresh."""
         saved = ModelConfig.model_validate(read_config(directory))
-        arch = {"vocab_size", "latent_dim", "image_tokens", "max_slots", "backbone", "head"}
+        arch = {"latent_dim", "image_tokens", "max_slots", "backbone", "head"}
         ours, theirs = model_config.model_dump(include=arch), saved.model_dump(include=arch)
         diff = sorted(k for k in arch if ours[k] != theirs[k])
+        if saved.vocab_size > model_config.vocab_size:
+            diff.append("vocab_size")
         if diff:
             raise ConfigError(
                 f"init_from: {directory} holds a model whose {', '.join(diff)} differ from this config's; "
                 "start from a checkpoint of the same architecture (and tokenizer), or drop init_from"
             )
-        load_weights(self.model, directory, exclude=("codecs.",))
+        load_weights(self.model, directory, exclude=("codecs.",), grow_rows=("embed.weight", "lm_head.weight"))
 
     def _cached_means(self, path: Path) -> Tensor:
         n = self.config.data.n_train
@@ -108,21 +136,31 @@ class TextToImageTask:
     def batch(self, step: int, batch_size: int) -> Batch:
         """A pure function of (seed, `step`): the same step always gives the same batch.
 
-        Seed 0 walks the scenes from the first; another seed (a second stage) starts elsewhere and
-        draws other noise and caption variants."""
-        n, tok = self.config.data.n_train, self.tokenizer
+        Seed 0 walks the scenes from the first; another seed (a later stage) starts elsewhere and
+        draws other noise, tasks and caption variants."""
+        n = self.config.data.n_train
         key = step + self.config.train.seed * 1_000_003
         rng = random.Random(key)
         gen = torch.Generator().manual_seed(key)
         first = self.config.train.seed * 7_919
         idx = torch.tensor([(first + step * batch_size + j) % n for j in range(batch_size)])  # [B]
-        z = self.codec.normalize(self.codec.perturb(self.mu[idx], gen))  # [B, N, D]
-        seqs = []
-        for j, i in enumerate(idx.tolist()):
+        mu = self.mu[idx]  # [B, N, D]
+        sampled = self.codec.normalize(self.codec.perturb(mu, gen))  # generation targets
+        means = self.codec.normalize(mu)  # pictures that are read
+        tasks = rng.choices(self.task_names, self.task_weights, k=batch_size)
+        seqs = [self._sequence(task, self.scenes[i], sampled[j], means[j], rng)
+                for j, (i, task) in enumerate(zip(idx.tolist(), tasks))]
+        return collate(seqs, self.codec.latent_dim, self.tokenizer.pad_id)
+
+    def _sequence(self, task: str, scene, sampled: Tensor, means: Tensor, rng: random.Random):
+        tok = self.tokenizer
+        if task == "t2i":  # caption <image> z </image>, the caption dropped for classifier-free guidance
             drop = rng.random() < self.config.cfg_dropout
-            text = [] if drop else tok.encode(caption_variant(self.captions[i], rng, self.config.data.size_drop))
-            seqs.append([Text([tok.bos_id] + text), *frame("image", z[j], tok.token_id), Text([tok.eos_id])])
-        return collate(seqs, self.codec.latent_dim, tok.pad_id)
+            text = [] if drop else tok.encode(caption_variant(scene.caption, rng, self.config.data.size_drop))
+            return [Text([tok.bos_id] + text), *frame("image", sampled, tok.token_id), Text([tok.eos_id])]
+        example = draw_example(scene, task, rng)  # <image> mu </image> prompt answer
+        text = tok.encode(example.prompt) + tok.encode(example.answer) + [tok.eos_id]
+        return [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch)
@@ -137,11 +175,11 @@ def train_lm(
     """Train from a YAML config; `backbone` overrides the config's backbone kind."""
     config = load_yaml_config(config_path, LMTrainConfig)
     if backbone is not None:
-        try:  # validated again: a field of the old kind may not suit the new one (n_kv_heads for retnet)
-            config.backbone = BackboneConfig(**(config.backbone.model_dump() | {"kind": backbone}))
+        try:  # shared fields carry over; a set field the new kind lacks is an error (n_kv_heads for retnet)
+            config.backbone = with_kind(config.backbone, backbone)
         except ValidationError as err:
             raise ConfigError(f"--backbone {backbone}: {err.errors()[0]['msg']}; change the config's backbone "
                               "section to suit it") from None
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the config's seed
-    task = TextToImageTask(config, Path(out_dir))
+    task = LatentLMTask(config, Path(out_dir))
     return train(task, config.train, out_dir, resume=resume, **kwargs)

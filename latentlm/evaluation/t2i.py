@@ -1,4 +1,4 @@
-"""Evaluation: prompt adherence of text-to-image, and the codec's reconstruction PSNR.
+"""Evaluation of text-to-image: prompt adherence on held-out prompts.
 
 The prompt set is fixed and held out: captions of the test split (seeds never seen in training).
 Half of the single-object prompts name a size, half do not. The scene parser checks every picture
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from latentlm.codec_training import shapes_images
+from latentlm.data.rendered import shapes_images
 from latentlm.generation import generate_images
 from latentlm.model import LatentLM
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
-from latentlm.scene_parser import adheres
-from latentlm.shapes import scene_for
+from latentlm.evaluation.scene_parser import adheres
+from latentlm.data.shapes import scene_for
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,15 @@ class EvalPrompt:
     kind: str  # "single" or "pair"
 
 
-def t2i_prompts(n_single: int = 120, n_pair: int = 120) -> list[EvalPrompt]:
-    """The fixed held-out prompt set: the first test scenes of each kind, in seed order."""
+def t2i_prompts(n_single: int = 120, n_pair: int = 120, split: str = "test") -> list[EvalPrompt]:
+    """The fixed held-out prompt set: the first scenes of each kind of `split`, in seed order.
+
+    Sampling settings are chosen on `val`; the figures we report are measured on `test`."""
     singles: list[EvalPrompt] = []
     pairs: list[EvalPrompt] = []
     i = 0
     while len(singles) < n_single or len(pairs) < n_pair:
-        scene = scene_for("test", i)
+        scene = scene_for(split, i)
         if len(scene.objects) == 1 and len(singles) < n_single:
             words = scene.caption.split()
             prompt = scene.caption if len(singles) % 2 == 0 else " ".join([words[0]] + words[2:])
@@ -45,10 +47,10 @@ def t2i_prompts(n_single: int = 120, n_pair: int = 120) -> list[EvalPrompt]:
 def eval_t2i(
     model: LatentLM, n_single: int = 120, n_pair: int = 120, steps: int = DEFAULT_STEPS,
     cfg_scale: float = DEFAULT_CFG, seed: int = 0, batch_size: int = 40, progress: bool = True,
-    temperature: float = DEFAULT_TEMPERATURE,
+    temperature: float = DEFAULT_TEMPERATURE, split: str = "test",
 ) -> dict:
     """Generate one picture per prompt (seed-fixed) and report the share that adheres, per kind."""
-    prompts = t2i_prompts(n_single, n_pair)
+    prompts = t2i_prompts(n_single, n_pair, split)
     ok: dict[str, list[bool]] = {"single": [], "pair": []}
     failures = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="eval t2i", disable=not progress):
@@ -63,19 +65,6 @@ def eval_t2i(
     return {
         "single_adherence": rate.get("single"), "pair_adherence": rate.get("pair"),
         "n_single": len(ok["single"]), "n_pair": len(ok["pair"]),
-        "steps": steps, "cfg_scale": cfg_scale, "temperature": temperature, "seed": seed,
+        "steps": steps, "cfg_scale": cfg_scale, "temperature": temperature, "seed": seed, "split": split,
         "failures": failures[:20],
     }
-
-
-@torch.no_grad()
-def eval_codec(codec: torch.nn.Module, n: int = 256, split: str = "test", batch_size: int = 64) -> dict:
-    """PSNR (dB, on [0, 1] pixels) of decode(mu) over the first `n` scenes of `split`."""
-    from latentlm.images import psnr
-
-    values = []
-    for start in range(0, n, batch_size):
-        x = shapes_images(split, list(range(start, min(n, start + batch_size))))
-        values.append(psnr(codec.decode(codec.encode(x)), x))
-    v = torch.cat(values)
-    return {"psnr_db": v.mean().item(), "psnr_min_db": v.min().item(), "n": n, "split": split}

@@ -1,4 +1,4 @@
-"""The shapes world: the project's procedural data set (DESIGN.md §5).
+"""The shapes world: the project's procedural data set (docs/design.md §5).
 
 A scene is one or two flat-coloured shapes on a 64x64 white canvas, with a caption and a
 Kosmos-2 grounding string. Everything is a pure function of an integer seed, so the data set is
@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from latentlm.grounding import GRID, box_to_patch_indices, object_string, phrase_string
+
 CANVAS = 64
 MARGIN = 2
 MIN_GAP = 2
@@ -28,7 +30,6 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 SIZES: dict[str, tuple[int, int]] = {"small": (12, 16), "large": (22, 28)}  # box side, inclusive
-GRID = 32  # Kosmos-2 patch-index grid
 
 # Splits never share a seed: each owns a disjoint range of 10**9 seeds.
 SPLITS = ("train", "val", "test")
@@ -103,29 +104,28 @@ def caption_of(objects: tuple[ShapeObject, ...] | list[ShapeObject]) -> str:
     return f"{phrase_of(a, False)} {relation(a, b)} {phrase_of(b, False)}"
 
 
+def _normalised(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    return tuple(v / CANVAS for v in box)  # pixels (x1, y1 exclusive) -> [0, 1]
+
+
 def patch_index_pair(box: tuple[int, int, int, int]) -> tuple[int, int]:
     """Kosmos-2 bins of a pixel box on the 32x32 grid: (top-left, bottom-right) as row*32+col."""
-    x0, y0, x1, y1 = (v / CANVAS for v in box)
-    ul_x, ul_y = int(x0 * GRID), int(y0 * GRID)
-    lr_x = max(ul_x, min(GRID - 1, -int(-(x1 * GRID - 1) // 1)))  # ceil(x1*GRID - 1)
-    lr_y = max(ul_y, min(GRID - 1, -int(-(y1 * GRID - 1) // 1)))
-    return ul_y * GRID + ul_x, lr_y * GRID + lr_x
+    return box_to_patch_indices(_normalised(box))
 
 
 def object_tokens(box: tuple[int, int, int, int]) -> str:
-    tl, br = patch_index_pair(box)
-    return f"<object><patch_index_{tl:04d}><patch_index_{br:04d}></object>"
+    return object_string([_normalised(box)])
 
 
 def grounding_of(objects: tuple[ShapeObject, ...] | list[ShapeObject]) -> str:
     """Kosmos-2 text: `<grounding><phrase> a red circle</phrase><object>...</object> ...`."""
     if len(objects) == 1:
         o = objects[0]
-        return f"<grounding><phrase> {phrase_of(o, True)}</phrase>{object_tokens(o.box)}"
+        return f"<grounding>{phrase_string(phrase_of(o, True), [_normalised(o.box)])}"
     a, b = objects
     return (
-        f"<grounding><phrase> {phrase_of(a, False)}</phrase>{object_tokens(a.box)} {relation(a, b)}"
-        f"<phrase> {phrase_of(b, False)}</phrase>{object_tokens(b.box)}"
+        f"<grounding>{phrase_string(phrase_of(a, False), [_normalised(a.box)])} {relation(a, b)}"
+        f"{phrase_string(phrase_of(b, False), [_normalised(b.box)])}"
     )
 
 

@@ -1,4 +1,4 @@
-"""A pixel-analysis scene parser for the shapes world (DESIGN.md §5), used to score prompt adherence.
+"""A pixel-analysis scene parser for the shapes world (docs/design.md §5), used to score prompt adherence.
 
 Generated pictures are read back into objects (colour, shape, size, box) by plain pixel analysis:
 every pixel goes to its nearest palette colour (or to the background); each colour's connected
@@ -7,8 +7,8 @@ whether a region narrows towards the top (triangle) and how much of its bounding
 (square ~1, circle ~pi/4). The rules are loose enough for pictures decoded by a VAE: soft edges,
 mild blur, pixel noise, rims tinted towards a neighbouring colour.
 
-A prompt is read with the caption grammar of `latentlm.shapes`, and `check` says whether the picture
-holds exactly the objects asked for, with the relation computed by `latentlm.shapes.relation`.
+A prompt is read with the caption grammar of `latentlm.data.shapes`, and `check` says whether the picture
+holds exactly the objects asked for, with the relation computed by `latentlm.data.shapes.relation`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from latentlm.shapes import PALETTE, SHAPES, SIZES, ShapeObject, relation
+from latentlm.data.shapes import PALETTE, SHAPES, SIZES, ShapeObject, relation
 
 COLOUR_TOLERANCE = 60.0  # RGB distance within which a pixel counts as a (tint of a) palette colour
 MIN_AREA = 25  # smaller regions are noise; the smallest real object (12 px triangle) covers ~72 px
@@ -52,7 +52,7 @@ class ParsedObject:
         return (x0 + x1) / 2, (y0 + y1) / 2
 
     def as_shape_object(self) -> ShapeObject:
-        """The same object as `latentlm.shapes` sees it, so its relation rule applies unchanged."""
+        """The same object as `latentlm.data.shapes` sees it, so its relation rule applies unchanged."""
         return ShapeObject(self.shape, self.colour, self.size, self.box)
 
 
@@ -238,7 +238,7 @@ _PAIR = re.compile(rf"{_PHRASE.format(i=0)} (?P<relation>{'|'.join(RELATIONS)}) 
 
 
 def parse_prompt(text: str) -> Prompt:
-    """Read a prompt of the caption grammar of `latentlm.shapes`.
+    """Read a prompt of the caption grammar of `latentlm.data.shapes`.
 
     `a [small|large] <colour> <shape>`, or `a <colour> <shape> <relation> a <colour> <shape>` (a size
     may be named there too); "an" for "a", case, repeated spaces and a final full stop are ignored.

@@ -1,0 +1,198 @@
+"""Understanding tasks drawn from shapes-world scenes: what the model reads a picture for.
+
+Each task turns a scene into `(prompt, answer)` text that follows the picture in the sequence
+`<s> <image> z_1..z_64 </image> PROMPT ANSWER </s>`. The prompts used at inference are the first
+(canonical) phrasing of each task, so training and serving share one definition here. Everything is
+a pure function of the scene and a `random.Random`, so a training batch is a pure function of its step.
+
+Tasks: captions, grounded captions (Kosmos-2 `<grounding>`), phrase grounding, referring (a box in,
+the phrase out) and questions of seven kinds (colour, shape, size, count, presence, relation,
+"what is left of / above ...").
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from latentlm.data.shapes import PALETTE, SHAPES, Scene, ShapeObject, object_tokens, phrase_of, relation
+
+CAPTION_PROMPTS = ("describe the picture.", "describe this picture.", "what is in the picture?",
+                   "caption this picture.", "what do you see?")
+# Kosmos-2's grounded-caption prompt; the answer continues it: "<phrase> a red circle</phrase><object>...".
+# (A bare "<grounding>" differed from a phrase-grounding prompt by one token, and the model mixed the two.)
+GROUNDED_CAPTION_PROMPT = "<grounding> an image of"
+QUESTION_KINDS = ("colour", "shape", "size", "count", "presence", "relation", "what_is")
+RELATIONS = ("left of", "right of", "above", "below")
+NUMBERS = ("zero", "one", "two")
+# Where an object sits relative to the other, as a word that picks it out ("the circle on the left").
+_SIDE = {"left of": "on the left", "right of": "on the right", "above": "at the top", "below": "at the bottom"}
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str  # "caption", "grounded_caption", "ground", "refer" or "vqa:<kind>"
+    prompt: str  # text after </image>
+    answer: str  # what the model writes, before </s>
+
+
+def ground_prompt(phrase: str) -> str:
+    """Kosmos-2 phrase grounding: the model continues with `<object>...</object>`."""
+    return f"<grounding><phrase> {phrase.strip()}</phrase>"
+
+
+def refer_prompt(box: tuple[int, int, int, int]) -> str:
+    """A box (pixels of the 64x64 canvas) as location tokens; the model names the object there."""
+    return f"what is at {object_tokens(box)}?"
+
+
+def _other(scene: Scene, obj: ShapeObject) -> ShapeObject | None:
+    rest = [o for o in scene.objects if o is not obj]
+    return rest[0] if rest else None
+
+
+def _side(scene: Scene, obj: ShapeObject) -> str:
+    other = _other(scene, obj)
+    return _SIDE[relation(obj, other)] if other else ""
+
+
+def _ref_without_colour(scene: Scene, obj: ShapeObject) -> str:
+    """A phrase that picks `obj` out without naming its colour (asked about)."""
+    other = _other(scene, obj)
+    if other is None or other.shape != obj.shape:
+        return f"the {obj.shape}"
+    return f"the {obj.shape} {_side(scene, obj)}"
+
+
+def _ref_without_shape(scene: Scene, obj: ShapeObject, rng: random.Random) -> str:
+    noun = rng.choice(("object", "shape"))
+    other = _other(scene, obj)
+    if other is None or other.colour != obj.colour:
+        return f"the {obj.colour} {noun}"
+    return f"the {noun} {_side(scene, obj)}"
+
+
+def _full_ref(obj: ShapeObject) -> str:
+    return f"the {obj.colour} {obj.shape}"
+
+
+def _colour_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    obj = rng.choice(scene.objects)
+    word = rng.choice(("colour", "color"))
+    ref = _ref_without_colour(scene, obj)
+    form = rng.choice((f"what {word} is {ref}?", f"what is the {word} of {ref}?", f"which {word} is {ref}?"))
+    return form, obj.colour
+
+
+def _shape_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    obj = rng.choice(scene.objects)
+    ref = _ref_without_shape(scene, obj, rng)
+    return rng.choice((f"what shape is {ref}?", f"what is the shape of {ref}?")), obj.shape
+
+
+def _size_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    obj = rng.choice(scene.objects)
+    ref = _full_ref(obj)
+    return rng.choice((f"is {ref} small or large?", f"what size is {ref}?", f"how big is {ref}?")), obj.size
+
+
+def _count_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.5:
+        noun = rng.choice(("objects", "shapes"))
+        tail = rng.choice(("are there?", "are in the picture?", "do you see?"))
+        return f"how many {noun} {tail}", NUMBERS[len(scene.objects)]
+    shape = rng.choice(SHAPES)
+    n = sum(o.shape == shape for o in scene.objects)
+    return f"how many {shape}s are there?", NUMBERS[n]
+
+
+def _random_kind(rng: random.Random) -> tuple[str, str]:
+    return rng.choice(sorted(PALETTE)), rng.choice(SHAPES)
+
+
+def _presence_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.5:
+        obj = rng.choice(scene.objects)
+        colour, shape = obj.colour, obj.shape
+    else:
+        colour, shape = _random_kind(rng)
+    present = any(o.colour == colour and o.shape == shape for o in scene.objects)
+    form = rng.choice(("is there a {} {}?", "do you see a {} {}?", "is there a {} {} in the picture?"))
+    return form.format(colour, shape), "yes" if present else "no"
+
+
+def _relation_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    if len(scene.objects) == 1:
+        return _presence_question(scene, rng)
+    a, b = rng.sample(list(scene.objects), 2)
+    truth = relation(a, b)
+    asked = truth if rng.random() < 0.5 else rng.choice([r for r in RELATIONS if r != truth])
+    return f"is {_full_ref(a)} {asked} {_full_ref(b)}?", "yes" if asked == truth else "no"
+
+
+def _what_is_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    b = rng.choice(scene.objects)
+    a = _other(scene, b)
+    truth = relation(a, b) if a else None
+    asked = truth if truth and rng.random() < 0.6 else rng.choice(RELATIONS)
+    answer = phrase_of(a, with_size=False) if a and asked == truth else "nothing"
+    return f"what is {asked} {_full_ref(b)}?", answer
+
+
+_QUESTIONS = {
+    "colour": _colour_question, "shape": _shape_question, "size": _size_question, "count": _count_question,
+    "presence": _presence_question, "relation": _relation_question, "what_is": _what_is_question,
+}
+
+
+def question(scene: Scene, kind: str, rng: random.Random) -> Example:
+    prompt, answer = _QUESTIONS[kind](scene, rng)
+    return Example(f"vqa:{kind}", prompt, answer)
+
+
+def caption(scene: Scene, rng: random.Random | None = None) -> Example:
+    prompt = rng.choice(CAPTION_PROMPTS) if rng else CAPTION_PROMPTS[0]
+    return Example("caption", prompt, scene.caption)
+
+
+def grounded_caption(scene: Scene) -> Example:
+    answer = scene.grounding.removeprefix("<grounding>")
+    return Example("grounded_caption", GROUNDED_CAPTION_PROMPT, answer)
+
+
+def grounding_phrases(scene: Scene, obj: ShapeObject) -> list[str]:
+    """Phrases that name `obj` alone in its scene (colour and shape together are always unique)."""
+    phrases = [f"the {obj.colour} {obj.shape}", f"a {obj.colour} {obj.shape}", f"the {obj.size} {obj.colour} {obj.shape}"]
+    other = _other(scene, obj)
+    if other is None or other.shape != obj.shape:
+        phrases.append(f"the {obj.shape}")
+    if other is None or other.colour != obj.colour:
+        phrases.append(f"the {obj.colour} object")
+    return phrases
+
+
+def ground(scene: Scene, rng: random.Random) -> Example:
+    obj = rng.choice(scene.objects)
+    return Example("ground", ground_prompt(rng.choice(grounding_phrases(scene, obj))), object_tokens(obj.box))
+
+
+def refer(scene: Scene, rng: random.Random) -> Example:
+    obj = rng.choice(scene.objects)
+    return Example("refer", refer_prompt(obj.box), phrase_of(obj, with_size=False))
+
+
+def draw_example(scene: Scene, task: str, rng: random.Random) -> Example:
+    """One example of `task` ("caption", "grounded_caption", "ground", "refer", "vqa") for `scene`."""
+    if task == "caption":
+        return caption(scene, rng)
+    if task == "grounded_caption":
+        return grounded_caption(scene)
+    if task == "ground":
+        return ground(scene, rng)
+    if task == "refer":
+        return refer(scene, rng)
+    if task == "vqa":
+        return question(scene, rng.choice(QUESTION_KINDS), rng)
+    raise ValueError(f"unknown understanding task {task!r}: use one of {', '.join(UNDERSTANDING_TASKS)}")
+
+
+UNDERSTANDING_TASKS = ("caption", "grounded_caption", "ground", "refer", "vqa")

@@ -1,0 +1,1 @@
+"""Evaluation: prompt adherence, codec reconstruction, and the scene parser behind them."""

@@ -1,0 +1,46 @@
+"""Text decoding: the model reads a prefix (text and pictures) and writes text after it.
+
+Greedy by default, so the same input gives the same output. All rows of a batch are prefilled
+together (left-padded by `collate`, so they end at the same position) and decoded with the backbone's
+state; a row is finished at `</s>` or after `max_new_tokens`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from latentlm.model import LatentLM
+from latentlm.sequence import Sequence, collate
+
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+@torch.no_grad()
+def generate_text(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[list[int]]:
+    """Continue each prefix greedily until `</s>`: -> the new ids of each row (without `</s>`)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: allow at least one new token")
+    tok = model.tokenizer
+    batch = collate(prefixes, model.config.latent_dim, tok.pad_id)
+    h, state = model(batch)  # [B, T, d]
+    b = len(prefixes)
+    out: list[list[int]] = [[] for _ in range(b)]
+    done = torch.zeros(b, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        nxt = model.lm_head(h[:, -1]).argmax(-1)  # [B]
+        for i in range(b):
+            if not done[i] and nxt[i].item() != tok.eos_id:
+                out[i].append(nxt[i].item())
+        done |= nxt == tok.eos_id
+        if done.all():
+            break
+        h, state = model.backbone(_embed_tokens(model, nxt), state)
+    return out
+
+
+def _embed_tokens(model: LatentLM, ids: Tensor) -> Tensor:
+    """[B] token ids -> [B, 1, d_model] inputs of one decoding step."""
+    ids = ids[:, None]  # [B, 1]
+    zeros = torch.zeros(ids.shape[0], 1, model.config.latent_dim)
+    no = torch.zeros_like(ids, dtype=torch.bool)
+    return model.embed_inputs(ids, zeros, no, torch.full_like(ids, -1))

@@ -1,0 +1,1 @@
+"""Training: the one accelerate loop and the tasks it trains."""

@@ -1,0 +1,28 @@
+"""The ask workflow: a picture and a question in, a short answer out."""
+from __future__ import annotations
+
+from PIL import Image
+
+from latentlm.understanding import ask as ask_pictures
+from latentlm.workflows.ground import model_pixels
+from latentlm.workflows.registry import Fields, Picture, Words, Workflow, register
+
+
+class AskInputs(Fields):
+    image: Picture
+    question: Words
+
+
+class TextOutputs(Fields):
+    text: str
+
+
+@register
+class Ask(Workflow):
+    name = "ask"
+    description = "Answer a question about a picture, e.g. 'what colour is the circle?'."
+    Inputs = AskInputs
+    Outputs = TextOutputs
+
+    def run(self, session, image: Image.Image, question: str) -> TextOutputs:
+        return TextOutputs(text=ask_pictures(session.model, model_pixels(session.model, image), [question])[0])

@@ -1,0 +1,398 @@
+"""Run a checked workflow file with one `Session` (one model load) and write its outputs.
+
+    run_workflow_file("draw.yaml", model="shapes-tiny", out="outputs/draw", sets=["prompt=a blue square"])
+
+Everything that can fail without the model fails first, in this order: the file (every problem,
+with line and column), the input values (`--set` typed by each input's declared type; pictures
+loaded), each step's arguments that are known before running (literals and inputs), the output
+folder (created and test-written), the checkpoint (resolved and its weights hashed). Only then does
+the Session load the model, on the first step.
+
+The output folder (default `outputs/<name>-<YYYYmmdd-HHMMSS>`, relative to the current folder, with
+`-2`, `-3`, ... if taken) receives, each written atomically (temporary file + rename):
+
+- `<output>.png` for a picture output, `<output>.txt` for a text output (the text exactly);
+- `steps/<id>.<field>.png` for a picture one step passed to another that is not itself an output;
+- `manifest.json`, last:
+
+      {"workflow": name, "description": ..., "file": path, "file_sha256": ...,
+       "latentlm_version": ..., "created": ISO time,
+       "model": {"name": ..., "checkpoint": dir, "weights_sha256": sha256 of model.safetensors},
+       "sampling": {"steps": ..., "cfg_scale": ..., "temperature": ...},
+       "inputs": {NAME: value},                        # pictures as their path
+       "steps": [{"id", "workflow", "inputs": {...},    # pictures as file names
+                  "seed", "seconds"}],
+       "outputs": {NAME: {"type": "image", "file", "sha256", "width", "height"}
+                       | {"type": "text", "file", "sha256", "value"}
+                       | {"type": "value", "value"}},   # numbers, boxes, entities, ...: JSON
+       "files": {relative path: sha256}}                 # every file written but the manifest
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from PIL import Image
+
+from latentlm.errors import LatentLMError
+from latentlm.images import load_image
+from latentlm.workflows.registry import get
+from latentlm.workflows.result import Entity, atomic_write
+from latentlm.workflows.workflow_file import Ref, Template, WorkflowFile, is_picture_field, load_workflow_file
+
+OUTPUTS_ROOT = Path("outputs")
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+class WorkflowRunError(LatentLMError):
+    """A workflow file that is valid but cannot run as asked (inputs, output folder, a step)."""
+
+
+@dataclass
+class RunOutcome:
+    out_dir: Path
+    manifest: dict
+    values: dict[str, Any]  # output name -> the object (a PIL picture, text, boxes, ...)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / "manifest.json"
+
+
+# ---- inputs -----------------------------------------------------------------------------------------
+def parse_sets(sets: Iterable[str]) -> dict[str, str]:
+    """`["key=value", ...]` -> `{key: value}` (the value stays text until typed)."""
+    out: dict[str, str] = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise WorkflowRunError(f"--set {item!r}: use --set KEY=VALUE, e.g. --set prompt='a red circle'")
+        out[key.strip()] = value
+    return out
+
+
+def typed_value(kind: str, key: str, text: str) -> Any:
+    """A `--set` value as the input's declared type; a bad one is an error naming the key."""
+    t = text.strip()
+    if kind == "string":
+        return text
+    if kind == "integer":
+        if re.fullmatch(r"[+-]?\d+", t):
+            return int(t)
+        raise WorkflowRunError(f"--set {key}={text!r}: input {key!r} is an integer; {text!r} is not one")
+    if kind == "number":
+        try:
+            value = float(t)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return value
+        raise WorkflowRunError(f"--set {key}={text!r}: input {key!r} is a number; {text!r} is not a finite number")
+    if kind == "boolean":
+        if t.lower() in _TRUE | _FALSE:
+            return t.lower() in _TRUE
+        raise WorkflowRunError(f"--set {key}={text!r}: input {key!r} is true/false; use true or false")
+    if kind == "image":
+        if not t:
+            raise WorkflowRunError(f"--set {key}=: input {key!r} is a picture; give the path of a PNG or JPEG file")
+        return text
+    raise WorkflowRunError(f"input {key!r} has an unknown type {kind!r}")
+
+
+def _picture_path(wf: WorkflowFile, value: str) -> Path:
+    """A picture path from the file, relative to the file's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() or wf.base_dir is None else wf.base_dir / p
+
+
+def resolve_inputs(wf: WorkflowFile, sets: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`(values, recorded)`: each input's value (pictures loaded) and what the manifest records for it.
+
+    `--set` paths are relative to the current folder, defaults in the file to the file's folder."""
+    for key in sets:
+        if key not in wf.inputs:
+            close = difflib.get_close_matches(key, list(wf.inputs), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(wf.inputs) or "none"
+            raise WorkflowRunError(f"--set {key}=...: {wf.name!r} has no input {key!r}{hint} (its inputs: {known})")
+    missing = [k for k, spec in wf.inputs.items() if spec.required and k not in sets]
+    if missing:
+        raise WorkflowRunError("no value for input " + ", ".join(repr(k) for k in missing) + "; give it with "
+                               + " ".join(f"--set {k}=VALUE" for k in missing))
+    values: dict[str, Any] = {}
+    recorded: dict[str, Any] = {}
+    for key, spec in wf.inputs.items():
+        if key in sets:
+            value = typed_value(spec.type, key, sets[key])
+            path = Path(value).expanduser() if spec.type == "image" else None
+            origin = f"--set {key}"
+        else:
+            value = spec.default
+            path = _picture_path(wf, value) if spec.type == "image" else None
+            origin = f"input {key!r} (default)"
+        recorded[key] = value
+        if path is not None:
+            try:
+                value = load_image(path)
+            except LatentLMError as e:
+                raise WorkflowRunError(f"{origin}: {e}") from None
+        values[key] = value
+    return values, recorded
+
+
+# ---- output folder -------------------------------------------------------------------------------------
+def default_output_dir(name: str, now: _dt.datetime | None = None, root: Path = OUTPUTS_ROOT) -> Path:
+    """`outputs/<name>-<YYYYmmdd-HHMMSS>`, with `-2`, `-3`, ... when that folder exists."""
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    base = root / f"{name}-{stamp}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def prepare_output_dir(out: Path) -> list[Path]:
+    """Create `out` (and its parents) and test-write it; returns the folders created. One-line error if not."""
+    created = []
+    missing = []
+    p = out
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out} is a file")
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        _remove_empty(created)
+        reason = e.strerror or str(e) or type(e).__name__
+        raise WorkflowRunError(f"cannot write the outputs to {out} ({reason}); give -o a folder you can write to") \
+            from None
+    return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+# ---- hashing ---------------------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_record(model: str) -> dict:
+    """The model's name, resolved checkpoint folder and the sha256 of its weights file."""
+    from latentlm.checkpoint import WEIGHTS_FILE, resolve_checkpoint
+
+    directory = resolve_checkpoint(model)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise WorkflowRunError(f"model {model!r}: {weights} is missing; a checkpoint folder needs {WEIGHTS_FILE}")
+    return {"name": str(model), "checkpoint": str(directory), "weights_sha256": sha256_file(weights)}
+
+
+# ---- running -----------------------------------------------------------------------------------------------
+def _resolve(value: Any, values: dict) -> Any:
+    if isinstance(value, Ref):
+        return values["inputs"][value.name] if value.scope == "inputs" else values["steps"][value.name][value.field]
+    if isinstance(value, Template):
+        return value.render(lambda r: _resolve(r, values))
+    return value
+
+
+def _known_before_running(value: Any) -> bool:
+    if isinstance(value, Ref):
+        return value.scope == "inputs"
+    if isinstance(value, Template):
+        return all(not isinstance(p, Ref) or p.scope == "inputs" for p in value.parts)
+    return True
+
+
+def step_arguments(wf: WorkflowFile, step, values: dict, pictures: dict[str, Image.Image]) -> dict[str, Any]:
+    """A step's arguments with references resolved; literal picture paths are loaded pictures."""
+    args = {}
+    for key, value in step.arguments.items():
+        if key in pictures.get(step.id, {}):
+            args[key] = pictures[step.id][key]
+        else:
+            args[key] = _resolve(value, values)
+    return args
+
+
+def _check_steps_before_running(wf: WorkflowFile, values: dict) -> dict[str, dict[str, Image.Image]]:
+    """Validate what each step gets from literals and inputs (no model); load literal picture paths."""
+    from pydantic import ValidationError
+
+    pictures: dict[str, dict[str, Image.Image]] = {}
+    for step in wf.steps:
+        workflow = get(step.uses)
+        known = {}
+        for key, value in step.arguments.items():
+            info = workflow.Inputs.model_fields[key]
+            if not _known_before_running(value):
+                continue
+            if is_picture_field(info) and isinstance(value, str):
+                try:
+                    pictures.setdefault(step.id, {})[key] = load_image(_picture_path(wf, value))
+                except LatentLMError as e:
+                    raise WorkflowRunError(f"step {step.id!r} ({step.uses}): {key}: {e}") from None
+                continue
+            known[key] = _resolve(value, values)
+        try:
+            workflow.Inputs.model_validate(known)
+        except ValidationError as e:
+            for err in e.errors():
+                loc = tuple(err["loc"])
+                if loc and loc[0] in known:
+                    where = ".".join(map(str, loc))
+                    raise WorkflowRunError(f"step {step.id!r} ({step.uses}): {where}: "
+                                           f"{err['msg'].removeprefix('Value error, ')}"
+                                           f" (got {known[loc[0]]!r})") from None
+    return pictures
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jsonable(value: Any, picture_names: dict[int, str]) -> Any:
+    if isinstance(value, Image.Image):
+        return picture_names.get(id(value), f"<picture {value.width}x{value.height}>")
+    if isinstance(value, Entity):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, picture_names) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, picture_names) for k, v in value.items()}
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return repr(value)
+
+
+def _output_value(result, field: str) -> Any:
+    return result.image if field == "image" else getattr(result, field, None)
+
+
+def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.PathLike | None = None,
+                 sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False) -> RunOutcome:
+    """Run a checked workflow file through `Session.call`, write its outputs and manifest; see the module doc.
+
+    `session`, when given, must hold `model` (it is what the manifest names and hashes)."""
+    from latentlm import __version__
+    from latentlm.workflows.session import Session
+
+    sets = dict(sets) if isinstance(sets, dict) else parse_sets(sets)
+    input_values, recorded_inputs = resolve_inputs(wf, sets)
+    values: dict[str, Any] = {"inputs": input_values, "steps": {}}
+    literal_pictures = _check_steps_before_running(wf, values)
+    out_dir = Path(out) if out is not None else default_output_dir(wf.name)
+    created = prepare_output_dir(out_dir)
+    try:
+        model_info = model_record(model)
+        session = session if session is not None else Session(model, progress=progress)
+        steps = []
+        step_args = []
+        for step in wf.steps:
+            args = step_arguments(wf, step, values, literal_pictures)
+            result = session.call(step.uses, **args)
+            outputs = {f: _output_value(result, f) for f in get(step.uses).Outputs.model_fields}
+            values["steps"][step.id] = outputs
+            seed_field = get(step.uses).Inputs.model_fields.get("seed")
+            seed = args.get("seed", seed_field.default if seed_field is not None else None)
+            step_args.append(args)
+            steps.append({"id": step.id, "workflow": step.uses, "inputs": None, "seed": seed,
+                          "seconds": result.steps[-1]["seconds"] if result.steps else None})
+    except BaseException:
+        _remove_empty(created)
+        raise
+    out_values = {name: _resolve(ref, values) for name, ref in wf.outputs.items()}
+
+    files: dict[str, str] = {}
+    picture_names: dict[int, str] = {}
+
+    def write(rel: str, data: bytes) -> str:
+        atomic_write(out_dir / rel, lambda f: f.write(data))
+        files[rel] = hashlib.sha256(data).hexdigest()
+        return files[rel]
+
+    for key, image in input_values.items():
+        if isinstance(image, Image.Image):
+            picture_names[id(image)] = str(recorded_inputs[key])
+    for step in wf.steps:
+        for key, image in literal_pictures.get(step.id, {}).items():
+            picture_names[id(image)] = str(step.arguments[key])
+    outputs_record: dict[str, Any] = {}
+    for name, value in out_values.items():
+        if isinstance(value, Image.Image):
+            rel = f"{name}.png"
+            digest = write(rel, _png_bytes(value))
+            picture_names.setdefault(id(value), rel)
+            outputs_record[name] = {"type": "image", "file": rel, "sha256": digest,
+                                    "width": value.width, "height": value.height}
+        elif isinstance(value, str):
+            rel = f"{name}.txt"
+            outputs_record[name] = {"type": "text", "file": rel, "sha256": write(rel, value.encode("utf-8")),
+                                    "value": value}
+        else:
+            outputs_record[name] = {"type": "value", "value": _jsonable(value, picture_names)}
+    # Pictures passed between steps that are not outputs themselves: saved so the manifest can name them.
+    for step, args, record in zip(wf.steps, step_args, steps):
+        for key, value in args.items():
+            ref = step.arguments[key]
+            if isinstance(value, Image.Image) and id(value) not in picture_names and isinstance(ref, Ref):
+                rel = f"steps/{ref.name}.{ref.field}.png"
+                write(rel, _png_bytes(value))
+                picture_names[id(value)] = rel
+        record["inputs"] = _jsonable(args, picture_names)
+
+    manifest = {
+        "workflow": wf.name,
+        "description": wf.description,
+        "file": str(wf.source),
+        "file_sha256": hashlib.sha256(wf.text.encode("utf-8")).hexdigest(),
+        "latentlm_version": __version__,
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "model": model_info,
+        "sampling": {"steps": session.steps, "cfg_scale": session.cfg_scale, "temperature": session.temperature},
+        "inputs": _jsonable(recorded_inputs, {}),
+        "steps": steps,
+        "outputs": outputs_record,
+        "files": files,
+    }
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(out_dir / "manifest.json", lambda f: f.write(text.encode("utf-8")))
+    return RunOutcome(out_dir, manifest, out_values)
+
+
+def run_workflow_file(path: str | os.PathLike, *, model: str = "shapes-tiny", out: str | os.PathLike | None = None,
+                      sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False) -> RunOutcome:
+    """Check the file (every problem at once, as a `WorkflowFileError`), then `run_workflow`."""
+    return run_workflow(load_workflow_file(path), model=model, out=out, sets=sets, session=session,
+                        progress=progress)

@@ -5,23 +5,19 @@ User errors (bad options, prompts, configs or checkpoints) exit with code 2 and 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from latentlm.cli.outputs import PICTURE_FORMATS, check_picture_path, check_writable_dir, save_picture  # noqa: F401
 from latentlm.errors import LatentLMError
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
 BACKBONES = ["transformer", "retnet", "yoco", "longnet", "bitnet"]
 
 
-def _atomic_save_png(image, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, out)
+SEED = click.IntRange(0, 2**63 - 1)  # a seed option: a bad value names the option at parse time
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,9 +49,29 @@ def data_shapes(n: int, out: Path, split: str, start: int) -> None:
     Example:
       latentlm data shapes --n 1000 -o data/shapes-train
     """
-    from latentlm.shapes import write_split
+    from latentlm.data.shapes import write_split
 
     manifest = write_split(out, n, split, start)
+    click.echo(str(manifest))
+
+
+@data.command("speech")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of utterances.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first utterance.")
+def data_speech(n: int, out: Path, split: str, start: int) -> None:
+    """Write espeak-ng speech (16 kHz mono WAVs) and manifest.jsonl (text, voice, duration).
+
+    Needs the speech extra (pip install -e '.[speech]').
+
+    \b
+    Example:
+      latentlm data speech --n 1000 -o data/speech-train
+    """
+    from latentlm.data.speech import write_speech_split
+
+    manifest = write_speech_split(out, n, split, start)
     click.echo(str(manifest))
 
 
@@ -99,13 +115,16 @@ def run_options(f):
 @click.argument("config", type=click.Path(path_type=Path))
 @run_options
 def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool) -> None:
-    """Train an image sigma-VAE from a YAML config.
+    """Train a codec from a YAML config; its `kind` picks the codec and data.
+
+    Kinds: image_sigma_vae (shapes scenes), audio_sigma_vae and encodec_tokenizer (speech crops).
 
     \b
-    Example:
+    Examples:
       latentlm train-codec latentlm/configs/shapes-tiny-vae.yaml -o runs/vae
+      latentlm train-codec latentlm/configs/speech-vae.yaml -o runs/speech-vae
     """
-    from latentlm.codec_training import train_codec
+    from latentlm.training.codec import train_codec
 
     click.echo(str(train_codec(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress)))
 
@@ -123,7 +142,7 @@ def train_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, 
       latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny
       latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny --resume
     """
-    from latentlm.lm_training import train_lm
+    from latentlm.training.lm import train_lm
 
     final = train_lm(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
                      backbone=backbone)
@@ -178,11 +197,12 @@ def build_kernels() -> None:
               help="Classifier-free guidance scale (1 = off).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEMPERATURE,
               show_default=True, help="Scale of the starting noise (below 1: nearer the mode, less varied).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None,
               help="The backbone kind the model must have (checked; weights belong to their backbone).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output picture: .png, .jpg/.jpeg, .webp or .bmp.")
 def generate(modality: str, prompt: str, steps: int, cfg: float, temperature: float, seed: int, model: str,
              backbone: str | None, out: Path) -> None:
     """Generate a picture from a text prompt.
@@ -192,21 +212,118 @@ def generate(modality: str, prompt: str, steps: int, cfg: float, temperature: fl
       latentlm generate --modality image --prompt "a red circle above a blue square" -o out.png
       latentlm generate --prompt "a blue square" --model runs/retnet/final --backbone retnet -o sq.png
     """
+    out = check_picture_path(out)  # before any model work
     from latentlm.model import LatentLM
     from latentlm.workflows.planner import plan
-    from latentlm.workflows.text_to_image import text_to_image
+    from latentlm.workflows.session import Session, check_seed
 
+    check_seed(seed, "--seed")
+    if not prompt.strip():
+        raise LatentLMError("the prompt is empty; describe the picture, e.g. 'a red circle above a blue square'")
     request = plan(prompt)
+    if request.workflow != "text-to-image":
+        raise LatentLMError(f"--prompt {prompt!r} is not a description of a picture; e.g. 'a red circle'")
     lm = LatentLM.from_pretrained(model, backbone=backbone)
-    image = text_to_image(lm, request.prompt, steps=steps, cfg_scale=cfg, seed=seed, temperature=temperature)
-    _atomic_save_png(image, out)
+    session = Session(lm, steps=steps, cfg_scale=cfg, temperature=temperature)
+    image = session.draw(request.steps[0].args["prompt"], seed=seed).image
+    save_picture(image, out)
     click.echo(str(out))
+
+
+# ---- understanding ---------------------------------------------------------------------------
+_model_option = click.option("--model", default="shapes-tiny", show_default=True,
+                             help="Shipped name, checkpoint folder or hub id.")
+_json_option = click.option("--json", "as_json", is_flag=True,
+                            help='Print {"text", "kosmos", "entities": [{"phrase", "boxes"}]} (boxes in pixels).')
+
+
+def _echo_result(result, as_json: bool) -> None:
+    if as_json:
+        entities = [{"phrase": e.phrase, "boxes": [[round(v, 2) for v in b] for b in e.boxes]}
+                    for e in result.entities or []]
+        click.echo(json.dumps({"text": result.text, "kosmos": result.kosmos, "entities": entities}))
+        return
+    click.echo(result.text)
+    for e in result.entities or []:
+        boxes = "; ".join("(" + ", ".join(f"{v:.0f}" for v in b) + ")" for b in e.boxes)
+        click.echo(f"  {e.phrase}: {boxes}")
+
+
+def _session(model: str):
+    from latentlm.workflows.session import Session
+
+    return Session(model)
+
+
+def _check_image(image: str) -> None:
+    from latentlm.images import load_image
+
+    load_image(image)  # a missing or unreadable picture fails here, before the model loads
+
+
+@cli.command("caption")
+@click.argument("image")
+@click.option("--grounded", is_flag=True, help="Kosmos-2 style: each object phrase with its box.")
+@_model_option
+@_json_option
+def caption_cmd(image: str, grounded: bool, model: str, as_json: bool) -> None:
+    """Describe a picture.
+
+    \b
+    Example:
+      latentlm caption scene.png --grounded
+    """
+    _check_image(image)
+    _echo_result(_session(model).caption(image, grounded=grounded), as_json)
+
+
+@cli.command("ask")
+@click.argument("image")
+@click.argument("question")
+@_model_option
+@_json_option
+def ask_cmd(image: str, question: str, model: str, as_json: bool) -> None:
+    """Answer a question about a picture.
+
+    \b
+    Example:
+      latentlm ask scene.png "what colour is the circle?"
+    """
+    if not question.strip():
+        raise LatentLMError("the question is empty; e.g. 'what colour is the circle?'")
+    _check_image(image)
+    _echo_result(_session(model).ask(image, question), as_json)
+
+
+@cli.command("ground")
+@click.argument("image")
+@click.argument("phrase")
+@click.option("--draw", "draw_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save the picture with the box drawn on it (.png, .jpg, .webp or .bmp).")
+@_model_option
+@_json_option
+def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_json: bool) -> None:
+    """Find a phrase in a picture: its box in the picture's pixels.
+
+    \b
+    Example:
+      latentlm ground scene.png "the blue square" --draw boxes.png
+    """
+    if not phrase.strip():
+        raise LatentLMError("the phrase is empty; e.g. 'the blue square'")
+    if draw_to is not None:
+        draw_to = check_picture_path(draw_to, "--draw")
+    _check_image(image)
+    result = _session(model).ground(image, phrase)
+    if draw_to is not None:
+        save_picture(result.image, draw_to)
+    _echo_result(result, as_json)
 
 
 # ---- evaluation ------------------------------------------------------------------------------
 @cli.group("eval")
 def eval_group() -> None:
-    """Measure models: prompt adherence, codec reconstruction."""
+    """Measure models: prompt adherence, codec reconstruction, captions, questions, grounding."""
 
 
 @eval_group.command("t2i")
@@ -217,21 +334,24 @@ def eval_group() -> None:
 @click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=DEFAULT_CFG, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEMPERATURE,
               show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
+              help="val for choosing sampling settings, test for reporting.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here.")
 def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float, temperature: float, seed: int,
-                 json_out: Path | None) -> None:
+                 split: str, json_out: Path | None) -> None:
     """Prompt adherence of text-to-image on the fixed held-out prompt set.
 
     \b
     Example:
       latentlm eval t2i --model shapes-tiny
     """
-    from latentlm.evaluation import eval_t2i
+    from latentlm.evaluation.t2i import eval_t2i
     from latentlm.model import LatentLM
 
-    report = eval_t2i(LatentLM.from_pretrained(model), n_single, n_pair, steps, cfg, seed, temperature=temperature)
+    report = eval_t2i(LatentLM.from_pretrained(model), n_single, n_pair, steps, cfg, seed, temperature=temperature,
+                      split=split)
     text = json.dumps(report, indent=2)
     if json_out:
         json_out.write_text(text + "\n")
@@ -251,17 +371,59 @@ def eval_codec_cmd(model: str, codec_dir: Path | None, n: int) -> None:
       latentlm eval codec --model shapes-tiny
     """
     from latentlm.checkpoint import load_codec
-    from latentlm.evaluation import eval_codec
+    from latentlm.evaluation.codec import eval_codec
     from latentlm.model import LatentLM
 
     codec = load_codec(codec_dir) if codec_dir else LatentLM.from_pretrained(model).codecs["image"]
     click.echo(json.dumps(eval_codec(codec, n), indent=2))
 
 
+def _eval_understanding(name: str, fn: str, default_n: int, what: str):
+    """`latentlm eval NAME`: one understanding evaluation, JSON on stdout."""
+
+    @eval_group.command(name, help=f"{what}, on held-out scenes (JSON on stdout).\n\n\b\nExample:\n"
+                                  f"  latentlm eval {name} --model shapes-tiny")
+    @click.option("--model", default="shapes-tiny", show_default=True)
+    @click.option("--n", "n", type=click.IntRange(min=1), default=default_n, show_default=True, help="Scenes.")
+    @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
+                  help="val for choosing settings, test for reporting.")
+    @click.option("--renderer", type=click.Choice(["shapes", "plain"]), default="shapes", show_default=True,
+                  help="plain: scenes drawn by a second, anti-aliased renderer written from the spec.")
+    @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+    def command(model: str, n: int, split: str, renderer: str, no_progress: bool) -> None:
+        from latentlm.data.rendered import render_scenes
+        from latentlm.evaluation import understanding
+        from latentlm.evaluation.plain_renderer import render_plain
+        from latentlm.model import LatentLM
+
+        render = render_plain if renderer == "plain" else render_scenes
+        report = getattr(understanding, fn)(LatentLM.from_pretrained(model), n=n, split=split,
+                                            progress=not no_progress, render=render)
+        click.echo(json.dumps(report | {"renderer": renderer}, indent=2))
+
+    return command
+
+
+_eval_understanding("caption", "eval_caption", 200, "Caption accuracy: every object's colour, shape, size and relation")
+_eval_understanding("vqa", "eval_vqa", 420, "Question answering accuracy, per question kind")
+_eval_understanding("ground", "eval_ground", 200, "Phrase grounding and grounded captions at IoU >= 0.5")
+
+
+from latentlm.cli.chat import chat_cmd  # noqa: E402 - `latentlm chat`
+
+cli.add_command(chat_cmd)
+from latentlm.cli.workflow_commands import register as _register_workflow_commands  # noqa: E402
+
+_register_workflow_commands(cli)
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2; older click exits 0 itself
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors -> one line on stderr and exit code 2, never a traceback."""
     try:
         cli.main(args=argv, prog_name="latentlm", standalone_mode=False)
+    except _NO_ARGS as e:  # a bare `latentlm` (or group): its help, not an error
+        click.echo(e.ctx.get_help())
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(130)

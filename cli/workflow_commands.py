@@ -104,6 +104,7 @@ def _run_file(path: Path, sets, out, model, dry_run, image, seed) -> None:
 
 def _run_request(request: str, sets, out, model, dry_run, image, seed) -> None:
     """A free-text request: `Session.plan` for --dry-run (no model), else `Session.run`."""
+    from latentlm.cli.outputs import check_picture_path, check_writable_dir, save_picture
     from latentlm.workflows.session import Session, check_seed
 
     if sets:
@@ -123,21 +124,18 @@ def _run_request(request: str, sets, out, model, dry_run, image, seed) -> None:
     draws = any(step.workflow == "text-to-image" for step in plan.steps)
     if draws and out is None:
         raise LatentLMError("this request draws a picture: give -o FILE.png (or a folder) to save it")
-    if out is not None:
-        from latentlm.workflows.workflow_runner import prepare_output_dir
-
-        prepare_output_dir(out.parent if out.suffix.lower() == ".png" else out)
+    picture_file = out is not None and out.suffix != ""  # a file name: the picture; else a folder for Result.save
+    if picture_file:
+        check_picture_path(out)
+    elif out is not None:
+        check_writable_dir(out)
     result = session.run(request, image=image, seed=seed)
     if result.text is not None:
         click.echo(result.text)
-    if out is not None and (result.image is not None or out.suffix.lower() != ".png"):
-        if out.suffix.lower() == ".png":
-            from latentlm.workflows.result import atomic_write
-
-            atomic_write(out, lambda f: result.image.save(f, format="PNG"))
-            click.echo(str(out))
-        else:
-            click.echo(str(result.save(out)))
+    if picture_file and result.image is not None:
+        click.echo(str(save_picture(result.image, out)))
+    elif out is not None and not picture_file:
+        click.echo(str(result.save(out)))
 
 
 # ---- latentlm workflow validate ---------------------------------------------------------------------------

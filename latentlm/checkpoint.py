@@ -76,8 +76,13 @@ def save_weights(
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def load_weights(module: nn.Module, directory: str | Path, exclude: tuple[str, ...] = ()) -> None:
-    """Load `model.safetensors` into `module` (all keys but `exclude`d ones), in the module's own dtype."""
+def load_weights(
+    module: nn.Module, directory: str | Path, exclude: tuple[str, ...] = (), grow_rows: tuple[str, ...] = ()
+) -> None:
+    """Load `model.safetensors` into `module` (all keys but `exclude`d ones), in the module's own dtype.
+
+    Tensors named in `grow_rows` may hold fewer rows than the module's (a vocabulary grown at its end):
+    the saved rows are loaded and the module keeps its own initial values for the rest."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint has no weights; save or copy it again")
@@ -94,6 +99,8 @@ def load_weights(module: nn.Module, directory: str | Path, exclude: tuple[str, .
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}; use the config saved with these weights"
         )
     for k, v in state.items():
+        if k in grow_rows and v.shape[1:] == own[k].shape[1:] and v.shape[0] <= own[k].shape[0]:
+            v = torch.cat([v.to(own[k].dtype), own[k][v.shape[0]:]])  # [rows of module, ...]
         if v.shape != own[k].shape:
             raise CheckpointError(
                 f"{path}: tensor {k} has shape {list(v.shape)} but the config expects {list(own[k].shape)}; "
@@ -150,7 +157,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     local = Path(name).expanduser()
     if local.is_dir():
         return local
-    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+    path_like = name.startswith((".", "/", "~")) or name.count("/") > 1 or (
+        "/" in name and Path(name.split("/")[0]).expanduser().is_dir())  # runs/x when runs/ exists: not a hub id
+    if path_like and not local.exists():
+        raise CheckpointError(f"no such folder: {name!r}; give a checkpoint folder, a shipped model "
+                              f"({', '.join(shipped_models()) or 'none'}) or a hub id (owner/name)")
+    if local.exists() or path_like or name.count("/") != 1:
         raise CheckpointError(
             f"unknown model {name!r}: not a shipped model ({', '.join(shipped_models()) or 'none'}), "
             "not a checkpoint directory, not a hub id (owner/name)"

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from tolerance import assert_equal_up_to_int8_flips
 from latentlm.backbones import BackboneConfig, Transformer
 from latentlm.backbones.bitlinear import BitLinear, PackedBitLinear, pack_model
 from latentlm.backbones.layers import Linear, ReLU2GLU, SwiGLU, ffn, linear
@@ -206,14 +207,14 @@ def test_ternary_decode_matches_parallel(relu2, prefill):
     """Stock SDPA: the causal and the cached attention kernels differ in the last bits, and a
     per-token int8 quantiser downstream turns that into a whole quantisation step whenever a value
     sits on a rounding boundary (measured: 4 of 180 seed/prefill/FFN cases exceed 1e-4, up to
-    3.9e-3). The bound therefore holds for this seed, not for every seed; the exact check below
-    is the one that proves every op is per token."""
+    3.9e-3): `assert_equal_up_to_int8_flips` allows that for a few tokens, 1e-4 for the rest; the
+    exact check below is the one that proves every op is per token."""
     model = _ternary_transformer(0, relu2).eval()
     x = torch.randn(3, 13, 64)
     with torch.no_grad():
         full, _ = model(x)
         dec = _decode(model, x, prefill)
-    assert (dec - full).abs().max() / full.abs().max() <= 1e-4
+    assert_equal_up_to_int8_flips(dec, full)
 
 
 _sdpa = F.scaled_dot_product_attention

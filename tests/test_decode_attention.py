@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cpp_fallback import assert_reference_after_failed_build
+from tolerance import rel_rms
 from latentlm.kernels import dispatch
 from latentlm.kernels.decode_attention import cpu, decode_attention_cpp, decode_attention_reference
 
@@ -29,10 +30,6 @@ def isa_path(isa):
     if isa not in cpu.supported_isas():
         pytest.skip(f"this CPU cannot run the {isa} path")
     return isa
-
-
-def rel_rms(a, b):
-    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
 
 
 @pytest.fixture
@@ -131,12 +128,13 @@ BF16_DOT_CASES = [
 @pytest.mark.parametrize("h,hkv,d,s", BF16_DOT_CASES)
 def test_bf16_dot_products_within_bf16_rounding_of_the_reference(ext, h, hkv, d, s):
     """The avx512_bf16 path rounds the scaled queries and the softmax weights to bf16 (bf16 attention):
-    within bf16 rounding (unit 2^-8) of the reference on the widened cache, and not the fp32 result."""
+    within a few bf16 roundings (u = 2^-8) of the reference on the widened cache (measured <= 0.72 u over
+    50 seeds; 4 u allowed), and not the fp32 result."""
     isa_path("avx512_bf16")
     q, k, v = half_case(h, hkv, d, s, torch.bfloat16)
     got = kernel_called(ext, lambda: decode_attention_cpp(q, k, v, isa="avx512_bf16"))
     err = rel_rms(got, decode_attention_reference(q, k.float(), v.float()))
-    assert got.dtype == torch.float32 and err <= 4e-3
+    assert got.dtype == torch.float32 and err <= 4 * 2.0**-8
     assert s == 1 or err >= 1e-5  # it does round: a forced fp32 path would be ~5e-7 here
 
 
@@ -144,14 +142,16 @@ def test_bf16_dot_products_within_bf16_rounding_of_the_reference(ext, h, hkv, d,
 def test_bf16_dot_products_exact_where_bf16_holds_every_value(ext, h, hkv, d, s):
     """Queries and keys in {-1, 0, 1} and scale ln 2: scores are integers in log2 units, so the queries
     and the weights (powers of two) are bf16 values and the path rounds nothing; it then equals the
-    reference to fp32 precision, which checks its pairing of keys and its column order exactly."""
+    reference to fp32 precision, which checks its pairing of keys and its column order exactly: the
+    fp32 paths' bound (the reference's exp of scores and its sums of up to 1001 keys round; measured
+    <= 4.8e-7 over 50 seeds)."""
     isa_path("avx512_bf16")
     g = torch.Generator().manual_seed(5)
     q = torch.randint(-1, 2, (1, h, 1, d), generator=g).float()
     k = torch.randint(-1, 2, (1, hkv, s, d), generator=g).bfloat16()
     v = torch.randn(1, hkv, s, d, generator=g).bfloat16()
     got = decode_attention_cpp(q, k, v, scale=math.log(2), isa="avx512_bf16")
-    assert rel_rms(got, decode_attention_reference(q, k, v, scale=math.log(2))) <= 1e-6
+    assert rel_rms(got, decode_attention_reference(q, k, v, scale=math.log(2))) <= 1e-5
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -189,7 +189,8 @@ def test_isa_paths_the_cpu_runs_and_the_default_choice(ext, monkeypatch):
 def test_reference_is_attention_with_repeated_kv_heads():
     q, k, v = case(2, 40)
     mha = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1))
-    assert rel_rms(decode_attention_reference(q, k, v), mha) <= 1e-6
+    # SDPA on other shapes sums in another order: the fp32 bound of this file (measured <= 4.3e-7, 500 seeds)
+    assert rel_rms(decode_attention_reference(q, k, v), mha) <= 1e-5
 
 
 def test_scale_and_extreme_scores(ext):

@@ -152,8 +152,10 @@ def test_uncovered_queries_are_zero_and_gradients_finite():
         x.grad = None
     o2, lse2 = naive_dilated_attention(q, k, v, ws, rs, valid=valid, return_lse=True)
     (o2.square().sum() + lse2[~uncovered].sum()).backward()
+    # fp32 backward through the softmax in two orders (dS = P (dP - rowsum(dO O)) cancels): relative to the
+    # largest gradient (~2.5 here), measured <= 2.7e-6 over 200 seeds, where 1e-5 absolute was at 0.7 of it
     for g, x in zip(grads, (q, k, v)):
-        assert max_err(g, x.grad) <= 1e-5
+        assert max_err(g, x.grad) <= 2e-5 * x.grad.abs().max()
 
 
 def test_cost_is_not_quadratic(monkeypatch):

@@ -4,6 +4,10 @@ de-duplicated set of pairs and nothing quadratic."""
 import pytest
 import torch
 
+# rel_rms compares an all-zero reference (dq with one key: the softmax is constant) absolutely: SDPA's
+# backward computes that dq as a difference (rowsum(dO * O) against dO . v), which leaves fp32 rounding
+# (~1e-8) on some CPUs (AVX-512)
+from tolerance import rel_rms
 from latentlm.kernels import dispatch
 from latentlm.kernels.dilated_attention import (
     dilated_attention,
@@ -27,14 +31,6 @@ NESTED = [
 def qkv(t, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, H, t, D, generator=g).to(dtype).requires_grad_() for _ in range(3)]
-
-
-def rel_rms(a, b):
-    """Relative RMS error (fla style). An all-zero reference (dq with one key: the softmax is constant)
-    is compared absolutely, the inputs being O(1): SDPA's backward computes that dq as a difference
-    (rowsum(dO * O) against dO . v), which leaves fp32 rounding (~1e-8) on some CPUs (AVX-512)."""
-    ref = b.float().square().mean().sqrt()
-    return ((a - b).float().square().mean().sqrt() / (ref if ref > 0 else 1.0)).item()
 
 
 def outputs_and_grads(fn, q, k, v, ws, rs, **kw):

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tolerance import rel_rms
 from latentlm.kernels.gated_retention import (
     chunk_gated_retention,
     parallel_gated_retention,
@@ -10,10 +11,6 @@ from latentlm.kernels.gated_retention import (
 )
 
 TOL = 1e-5
-
-
-def rel_rms(a, b):
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
 def inputs(b=2, h=3, t=23, dk=8, dv=6, normalizer=16.0, seed=0):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from cpp_fallback import assert_reference_after_failed_build
 from step_condition import condition
+from tolerance import fp32_bound, rel_rms
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import rotary_angles
 from latentlm.backbones.yoco import GATE_LOGIT_NORMALIZER, GatedRetention
@@ -19,10 +20,6 @@ from latentlm.kernels.gated_retention_step import cpu, gated_retention_step_cpp,
 EPS = 1e-6
 NORM = GATE_LOGIT_NORMALIZER
 FAR = (-200.0, -30.0, 30.0, 200.0)  # logits where a naive log(sigmoid(x)) loses digits or gives -inf
-
-
-def rel_rms(a, b):
-    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
 
 
 def case(b, h, dh, seed=0, position=0):
@@ -46,16 +43,26 @@ def ext():
     return cpu.EXTENSION.get()
 
 
+def assert_step_close(got, ref, qkv, cos, sin):
+    """A step's (o, S') against the reference's from the same state, in relative RMS (tests/tolerance.py):
+    S' = gamma S + k^T v elementwise, within fp32_bound() (measured <= 1.5 u); o = q S' sums Dh terms
+    that may cancel, within fp32_bound(kappa), kappa its condition (`step_condition`): ~sqrt(Dh) from a
+    random state, up to ~1e4 from zeros or after a decay near 0 (logits far out), where the state has
+    rank 1, 2... (measured <= 2.7 u kappa; the head norm after it does not add to that)."""
+    (o, s), (o_ref, s_ref) = got, ref
+    assert rel_rms(s, s_ref) <= fp32_bound()
+    kappa = condition(qkv, cos, sin, s_ref)
+    assert rel_rms(o, o_ref) <= fp32_bound(kappa), kappa
+
+
 @pytest.mark.parametrize("avx2", [True, False])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("b", [1, 3])
 @pytest.mark.parametrize("h", [1, 4])
 @pytest.mark.parametrize("dh", [8, 64, 66, 128])
 def test_kernel_equals_reference_over_chained_steps(ext, dh, h, b, with_state, avx2):
-    """Five steps, each feeding the returned state back. States: the kernel's chain against the
-    reference's, <= 1e-6. Outputs: each step's against the reference's from the same state, <= 1e-6
-    from a random state; from zeros the bound grows with the condition of q S' past 8 (see
-    tests/test_retention_step.py: the early states have rank 1, 2...)."""
+    """Five steps, each feeding the returned state back; `assert_step_close` on each, and the kernel's
+    chain of states against the reference's within fp32_bound() too (measured <= 2.2 u over 5 steps)."""
     *_, state, weight = case(b, h, dh)
     s_got = s_ref = state if with_state else None
     for step in range(5):
@@ -64,9 +71,8 @@ def test_kernel_equals_reference_over_chained_steps(ext, dh, h, b, with_state, a
         o_ref, s_same = gated_retention_step_reference(qkv, logits, cos, sin, s_got, weight, EPS, NORM)
         s_got, s_ref = s_next, gated_retention_step_reference(qkv, logits, cos, sin, s_ref, weight, EPS, NORM)[1]
         assert o_got.shape == (b, 1, h * dh) and s_got.shape == (b, h, dh, dh) and s_got.dtype == torch.float32
-        assert rel_rms(s_got, s_same) <= 1e-6 and rel_rms(s_got, s_ref) <= 1e-6, step
-        bound = 1e-6 if with_state else 1e-6 * max(1.0, condition(qkv, cos, sin, s_same) / 8)
-        assert rel_rms(o_got, o_ref) <= bound, (step, bound)
+        assert_step_close((o_got, s_got), (o_ref, s_same), qkv, cos, sin)
+        assert rel_rms(s_got, s_ref) <= fp32_bound(), step
 
 
 @pytest.mark.parametrize("avx2", [True, False])
@@ -106,7 +112,7 @@ def test_eps_and_no_weight(ext, eps, avx2):
     for w in (weight, None):
         got = gated_retention_step_cpp(qkv, logits, cos, sin, state, w, eps, NORM, avx2=avx2)
         ref = gated_retention_step_reference(qkv, logits, cos, sin, state, w, eps, NORM)
-        assert all(rel_rms(a, r) <= 1e-6 for a, r in zip(got, ref))
+        assert_step_close(got, ref, qkv, cos, sin)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -120,7 +126,7 @@ def test_heads_spread_over_threads(ext, monkeypatch, threads):
     finally:
         torch.set_num_threads(before)
     ref = gated_retention_step_reference(qkv, logits, cos, sin, state, weight, EPS, NORM)
-    assert all(rel_rms(a, r) <= 1e-6 for a, r in zip(got, ref))
+    assert_step_close(got, ref, qkv, cos, sin)
 
 
 def layer_and_inputs(seed=0):
@@ -158,7 +164,9 @@ def test_layer_decodes_through_the_kernel(ext, monkeypatch):
         fused = layer(x, cos, sin, state, None)
         op_by_op = layer(x, cos, sin, state, torch.ones(2, 1, dtype=torch.bool))
     assert calls == [1]
-    assert rel_rms(fused[0], op_by_op[0]) <= 1e-6 and rel_rms(fused[1], op_by_op[1]) <= 1e-6
+    # the step's bounds (`assert_step_close`) for Dh = 16 from a random state, kappa ~2-3: output (through
+    # the gate and out projection) measured <= 2.5e-7 over 300 seeds, the state <= 1 u
+    assert rel_rms(fused[0], op_by_op[0]) <= fp32_bound(2) and rel_rms(fused[1], op_by_op[1]) <= fp32_bound()
 
 
 def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):

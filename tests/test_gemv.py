@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cpp_fallback import assert_reference_after_failed_build
+from tolerance import fp32_bound, matmul_condition, rel_rms
 from latentlm.kernels import dispatch
 from latentlm.kernels.gemv import cpu, small_batch_linear_cpp, small_batch_linear_reference
 
@@ -19,8 +20,14 @@ def case(lead, k, n, bias=True, seed=0):
     return x, w, b
 
 
-def rel_rms(a, b):
-    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
+def bound(x, w, b):
+    """The relative RMS error allowed for x W^T + b in fp32 (tests/tolerance.py): fp32_bound of its
+    condition kappa, the bias a (K+1)-th term. Measured <= 1.6 u kappa (K 1 to 1029, N 1 to 680, 1 to 16
+    rows, both paths, against the reference and float64); a flat bound would not do: kappa reaches ~1e4
+    where N = 1 (a single dot product that cancels)."""
+    if b is not None:
+        x, w = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1), torch.cat([w, b[:, None]], 1)
+    return fp32_bound(matmul_condition(x, w.t()))
 
 
 def exact(x, w, b):
@@ -44,8 +51,8 @@ def test_kernel_equals_reference(ext, k, n, bias, avx2):
         x, w, b = case((rows,), k, n, bias, seed=rows)
         got = small_batch_linear_cpp(x, w, b, avx2=avx2)
         assert got.shape == (rows, n) and got.dtype == torch.float32
-        assert rel_rms(got, exact(x, w, b)) <= 1e-6, rows
-        assert rel_rms(got, small_batch_linear_reference(x, w, b)) <= 1e-6, rows
+        assert rel_rms(got, exact(x, w, b)) <= bound(x, w, b), rows
+        assert rel_rms(got, small_batch_linear_reference(x, w, b)) <= bound(x, w, b), rows
 
 
 @pytest.mark.parametrize("avx2", [True, False])
@@ -53,27 +60,27 @@ def test_kernel_equals_reference(ext, k, n, bias, avx2):
 def test_leading_dims_and_views(ext, lead, avx2):
     x, w, b = case(lead, 300, 37, seed=3)
     got = small_batch_linear_cpp(x, w, b, avx2=avx2)
-    assert got.shape == (*lead, 37) and rel_rms(got, exact(x, w, b)) <= 1e-6
+    assert got.shape == (*lead, 37) and rel_rms(got, exact(x, w, b)) <= bound(x, w, b)
     xt = torch.randn(300, 2, generator=torch.Generator().manual_seed(4)).t()  # x need not be contiguous
-    assert rel_rms(small_batch_linear_cpp(xt, w, avx2=avx2), exact(xt, w, None)) <= 1e-6
+    assert rel_rms(small_batch_linear_cpp(xt, w, avx2=avx2), exact(xt, w, None)) <= bound(xt, w, None)
 
 
 def test_large_matrix_and_weight_views(ext):
     x, w, b = case((3,), 1029, 517, seed=5)  # tails in both dims, long rows, many blocks per thread
     ref = exact(x, w, b)
     for avx2 in (True, False):
-        assert rel_rms(small_batch_linear_cpp(x, w, b, avx2=avx2), ref) <= 1e-6
+        assert rel_rms(small_batch_linear_cpp(x, w, b, avx2=avx2), ref) <= bound(x, w, b)
     flat = torch.randn(1000 * 256, generator=torch.Generator().manual_seed(11))  # weights as views of one buffer
     for offset, n in ((0, 768), (768 * 256 + 3, 100)):
         wv = flat[offset:offset + n * 256].view(n, 256)
         xv = torch.randn(1, 256, generator=torch.Generator().manual_seed(n))
-        assert rel_rms(small_batch_linear_cpp(xv, wv), exact(xv, wv, None)) <= 1e-6
+        assert rel_rms(small_batch_linear_cpp(xv, wv), exact(xv, wv, None)) <= bound(xv, wv, None)
 
 
 def test_prefetch_settings_do_not_change_the_result(ext):
     x, w, b = case((2,), 256, 700, seed=6)
     expect = ext.small_batch_linear(x, w, b, 2, True, 0, 0, 0)
-    assert rel_rms(expect, exact(x, w, b)) <= 1e-6
+    assert rel_rms(expect, exact(x, w, b)) <= bound(x, w, b)
     for prefetch in (64, 1024, 1 << 20):
         for min_parallel in (0, 1 << 40):  # two threads, one thread
             for far_bytes in (0, 1 << 40):  # prefetched into L2, into L1
@@ -107,29 +114,29 @@ def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):
     monkeypatch.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {"small_batch_linear": staticmethod(spy)})())
     x, w, b = case((2,), 64, 10, seed=8)
     ref = small_batch_linear_reference(x, w, b)
-    assert rel_rms(small_batch_linear_cpp(x, w, b), ref) <= 1e-6
+    assert rel_rms(small_batch_linear_cpp(x, w, b), ref) <= bound(x, w, b)
     assert calls == [1]
 
     x64 = small_batch_linear_cpp(x.double(), w.double(), b.double())  # not fp32
-    assert x64.dtype == torch.float64 and rel_rms(x64.float(), ref) <= 1e-6
+    assert x64.dtype == torch.float64 and rel_rms(x64.float(), ref) <= bound(x, w, b)
     bf = small_batch_linear_cpp(x.bfloat16(), w.bfloat16(), b.bfloat16())
     assert bf.dtype == torch.bfloat16 and rel_rms(bf.float(), ref) <= 2e-2
     many = torch.randn(cpu.MAX_ROWS + 1, 64, generator=torch.Generator().manual_seed(9))  # too many rows
-    assert rel_rms(small_batch_linear_cpp(many, w, b), small_batch_linear_reference(many, w, b)) <= 1e-6
+    assert rel_rms(small_batch_linear_cpp(many, w, b), small_batch_linear_reference(many, w, b)) <= bound(many, w, b)
     wt = w.t().contiguous().t()  # weight not contiguous
-    assert rel_rms(small_batch_linear_cpp(x, wt, b), ref) <= 1e-6
+    assert rel_rms(small_batch_linear_cpp(x, wt, b), ref) <= bound(x, w, b)
     bs = torch.randn(20, generator=torch.Generator().manual_seed(10))[::2]  # bias not contiguous
-    assert rel_rms(small_batch_linear_cpp(x, w, bs), small_batch_linear_reference(x, w, bs)) <= 1e-6
+    assert rel_rms(small_batch_linear_cpp(x, w, bs), small_batch_linear_reference(x, w, bs)) <= bound(x, w, bs)
     xg = x.clone().requires_grad_()  # an autograd graph to record
     y = small_batch_linear_cpp(xg, w, b)
     y.sum().backward()
-    assert rel_rms(y.detach(), ref) <= 1e-6 and torch.allclose(xg.grad, w.sum(0).expand(2, 64))
+    assert rel_rms(y.detach(), ref) <= bound(x, w, b) and torch.allclose(xg.grad, w.sum(0).expand(2, 64))
     wg = w.clone().requires_grad_()
     small_batch_linear_cpp(x, wg, b).sum().backward()
     assert torch.allclose(wg.grad, x.sum(0).expand(10, 64))
     assert calls == [1]
     with torch.no_grad():  # no graph to record: the kernel again
-        assert rel_rms(small_batch_linear_cpp(xg, wg, b), ref) <= 1e-6
+        assert rel_rms(small_batch_linear_cpp(xg, wg, b), ref) <= bound(x, w, b)
     assert calls == [1, 1]
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cpp_fallback import assert_reference_after_failed_build
+from tolerance import U_FP32, rel_rms
 from latentlm.backbones import BackboneConfig, build_backbone
 from latentlm.backbones.layers import residual_ffn
 from latentlm.kernels import dispatch
@@ -23,8 +24,14 @@ def case(lead, d, f, seed=0, dtype=torch.float32):
     return tuple(t.to(dtype) for t in (x, norm, w_gate, w_up, w_down))
 
 
-def rel_rms(a, b):
-    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
+# Relative RMS bounds in fp32 (tests/tolerance.py). The block is a chain of ~10 roundings per element (the
+# norm, the activation's exp, the products, the residual) around three sums of small condition here
+# (random weights: kappa <= ~12), ReLU^2 doubling the relative error of what it squares. Measured over 8
+# seeds x 1-16 rows x both paths and activations, against float64 and the fp32 reference: the whole
+# output within 15.5 u, the feed-forward part alone within 58 u (D = 1 with ReLU^2: the norm of a single
+# value; <= 13 u from D = 7). The bounds are 10x those; a missed or doubled term is off by >= 1e-3.
+TOTAL = 160 * U_FP32  # ~9.5e-6
+PART = 640 * U_FP32  # ~3.8e-5
 
 
 def exact(x, norm, w_gate, w_up, w_down, act):
@@ -49,13 +56,13 @@ def test_kernel_equals_reference(ext, d, f, act, avx2):
         got = glu_block_cpp(x, norm, 1e-6, wg, wu, wd, act, avx2=avx2)
         ref = exact(x, norm, wg, wu, wd, act)
         assert got.shape == x.shape and got.dtype == torch.float32
-        assert rel_rms(got, ref) <= 1e-6, rows
+        assert rel_rms(got, ref) <= TOTAL, rows
         part, ref_part = got - x, ref - x  # the feed-forward part alone, not hidden by x
         if ref_part.abs().max() > 0:  # (ReLU^2 with one gate unit can be 0 for every row)
-            assert rel_rms(part, ref_part) <= 1e-5, rows
+            assert rel_rms(part, ref_part) <= PART, rows
         else:
             assert part.abs().max() <= 1e-6, rows
-        assert rel_rms(got, glu_block_reference(x, norm, 1e-6, wg, wu, wd, act)) <= 1e-6, rows
+        assert rel_rms(got, glu_block_reference(x, norm, 1e-6, wg, wu, wd, act)) <= TOTAL, rows
 
 
 @pytest.mark.parametrize("lead", [(1, 1), (2, 3), (1, 1, 1)])
@@ -70,7 +77,7 @@ def test_leading_dims_eps_and_threads(ext, lead):
             outs.append(glu_block_cpp(x, norm, 0.5, wg, wu, wd, "silu"))
     finally:
         torch.set_num_threads(threads)
-    assert outs[0].shape == (*lead, 96) and rel_rms(outs[0], ref) <= 1e-6
+    assert outs[0].shape == (*lead, 96) and rel_rms(outs[0], ref) <= TOTAL
     assert torch.equal(outs[0], outs[1])
 
 
@@ -82,7 +89,7 @@ def test_prefetching_into_l2_or_l1_gives_the_same_result(ext, monkeypatch):
     for far_bytes in (0, 1 << 40):
         monkeypatch.setattr(gemv_cpu, "FAR_WEIGHT_BYTES", far_bytes)
         outs.append(glu_block_cpp(x, norm, 1e-6, wg, wu, wd, "silu"))
-    assert torch.equal(outs[0], outs[1]) and rel_rms(outs[0], exact(x, norm, wg, wu, wd, "silu")) <= 1e-6
+    assert torch.equal(outs[0], outs[1]) and rel_rms(outs[0], exact(x, norm, wg, wu, wd, "silu")) <= TOTAL
 
 
 def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):
@@ -98,23 +105,23 @@ def test_what_the_kernel_does_not_take_goes_to_the_reference(ext, monkeypatch):
     monkeypatch.setattr(cpu.EXTENSION, "_ext", type("Spy", (), {"glu_block": staticmethod(spy)})())
     x, norm, wg, wu, wd = case((2,), 32, 48, seed=8)
     ref = glu_block_reference(x, norm, 1e-6, wg, wu, wd)
-    assert rel_rms(glu_block_cpp(x, norm, 1e-6, wg, wu, wd), ref) <= 1e-6 and calls == [1]
+    assert rel_rms(glu_block_cpp(x, norm, 1e-6, wg, wu, wd), ref) <= TOTAL and calls == [1]
 
     y64 = glu_block_cpp(*(t.double() for t in (x, norm)), 1e-6, wg.double(), wu.double(), wd.double())
-    assert y64.dtype == torch.float64 and rel_rms(y64.float(), ref) <= 1e-6  # not fp32
+    assert y64.dtype == torch.float64 and rel_rms(y64.float(), ref) <= TOTAL  # not fp32
     many = torch.randn(cpu.MAX_ROWS + 1, 32, generator=torch.Generator().manual_seed(9))  # too many rows
-    assert rel_rms(glu_block_cpp(many, norm, 1e-6, wg, wu, wd), glu_block_reference(many, norm, 1e-6, wg, wu, wd)) <= 1e-6
+    assert rel_rms(glu_block_cpp(many, norm, 1e-6, wg, wu, wd), glu_block_reference(many, norm, 1e-6, wg, wu, wd)) <= TOTAL
     xt = torch.randn(32, 2, generator=torch.Generator().manual_seed(4)).t()  # x not contiguous
-    assert rel_rms(glu_block_cpp(xt, norm, 1e-6, wg, wu, wd), glu_block_reference(xt, norm, 1e-6, wg, wu, wd)) <= 1e-6
-    assert rel_rms(glu_block_cpp(x, norm, 1e-6, wg.t().contiguous().t(), wu, wd), ref) <= 1e-6  # weight strided
+    assert rel_rms(glu_block_cpp(xt, norm, 1e-6, wg, wu, wd), glu_block_reference(xt, norm, 1e-6, wg, wu, wd)) <= TOTAL
+    assert rel_rms(glu_block_cpp(x, norm, 1e-6, wg.t().contiguous().t(), wu, wd), ref) <= TOTAL  # weight strided
     assert calls == [1]
     wg_grad = wg.clone().requires_grad_()  # an autograd graph to record: the reference, gradients reach it
     y = glu_block_cpp(x, norm, 1e-6, wg_grad, wu, wd)
     y.sum().backward()
-    assert rel_rms(y.detach(), ref) <= 1e-6 and wg_grad.grad is not None and wg_grad.grad.abs().sum() > 0
+    assert rel_rms(y.detach(), ref) <= TOTAL and wg_grad.grad is not None and wg_grad.grad.abs().sum() > 0
     assert calls == [1]
     with torch.no_grad():
-        assert rel_rms(glu_block_cpp(x, norm, 1e-6, wg_grad, wu, wd), ref) <= 1e-6
+        assert rel_rms(glu_block_cpp(x, norm, 1e-6, wg_grad, wu, wd), ref) <= TOTAL
     assert calls == [1, 1]
     with pytest.raises(ValueError, match="activation must be one of"):
         glu_block_cpp(x, norm, 1e-6, wg, wu, wd, "gelu")
@@ -142,7 +149,7 @@ def test_blocks_route_through_the_op_and_match_their_modules(kind, ffn_act, tern
     block = build_backbone(config).blocks[0]
     x = torch.randn(1, 1, 64)
     got = residual_ffn(x, block.mlp_norm, block.mlp)
-    assert rel_rms(got, x + block.mlp(block.mlp_norm(x))) <= 1e-6
+    assert rel_rms(got, x + block.mlp(block.mlp_norm(x))) <= TOTAL
     seen = []
     real = dispatch.choose
 

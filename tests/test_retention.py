@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tolerance import rel_rms
 from latentlm.kernels.retention import (
     chunk_retention,
     parallel_retention,
@@ -19,10 +20,6 @@ H = 3
 PAPER = [math.log1p(-(2.0 ** (-5 - h))) for h in range(H)]
 STRONG = [math.log(0.5), math.log(0.05), math.log(0.9)]
 DECAYS = {"paper": PAPER, "strong": STRONG}
-
-
-def rel_rms(a, b):
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
 def inputs(b=2, t=23, dk=8, dv=6, seed=0):

@@ -5,13 +5,10 @@ import pytest
 import torch
 
 from cpp_fallback import assert_reference_after_failed_build
+from tolerance import rel_rms
 from latentlm.backbones.layers import RMSNorm
 from latentlm.kernels import dispatch
 from latentlm.kernels.rms_norm import cpu, rms_norm_cpp, rms_norm_reference
-
-
-def rel_rms(a, b):
-    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cpp_fallback import assert_reference_after_failed_build
+from tolerance import rel_rms
 from latentlm.backbones.config import BackboneConfig
 from latentlm.backbones.layers import apply_rotary, rotary_angles
 from latentlm.backbones.longnet import DilatedSelfAttention
@@ -20,10 +21,6 @@ from latentlm.backbones.transformer import Attention
 from latentlm.backbones.yoco import YOCO, CrossAttention, SlidingWindowAttention, window_mask
 from latentlm.kernels import dispatch
 from latentlm.kernels.rotary_heads import cpu, rotary_heads_cpp, rotary_heads_reference
-
-
-def rel_rms(a, b):
-    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
 
 
 def case(b, t, n_q, n_kv, dh, seed=0, start=7, dtype=torch.float32):
@@ -183,8 +180,9 @@ def test_fallback_when_the_build_fails(monkeypatch):
 
 # Each wired layer: a prefill of 5 tokens, then one decoding step from its cache, three ways: through
 # the op (the kernel must have run), with only this op forced to its reference (bit for bit the same),
-# and with every op forced to its reference (LATENTLM_KERNELS=reference; <= 1e-6, the other ops' kernels
-# round differently).
+# and with every op forced to its reference (LATENTLM_KERNELS=reference: the other ops' fp32 kernels sum
+# in other orders, layer after layer; relative RMS measured <= 2.7e-7 over 40 seeds, but for the whole
+# YOCO backbone with gated retention twice 8.9e-7 and 1.25e-6; <= 1e-5).
 
 def tables(config, start, t):
     return rotary_angles(torch.arange(start, start + t), config.head_dim, config.rope_theta)
@@ -205,7 +203,7 @@ def three_ways(spy, monkeypatch, run):
         reference = run()
     assert all(torch.equal(a, r) for a, r in zip(fused, only_this_reference))
     errors = [rel_rms(a, r) for a, r in zip(fused, reference)]
-    assert max(errors) <= 1e-6, errors
+    assert max(errors) <= 1e-5, errors
 
 
 def test_transformer_attention(spy, monkeypatch):

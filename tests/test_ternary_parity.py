@@ -2,14 +2,16 @@
 the parallel forward (issue 3), at lengths that are no multiple of any chunk or segment, batch 3.
 
 BitLinear rounds activations to int8 per token, so a last-bit difference between the parallel and
-the cached path (another reduction order inside attention) can move one activation across a
-rounding boundary and change that token's output by ~1/127 of a feature. The inputs are seeded;
-the bar of 1e-4 holds for them, and `test_rounding_flips_are_the_only_source_of_mismatch` shows
-that the paths agree to fp32 rounding before quantisation.
+the cached path (another reduction order inside attention, which differs between CPUs too) can move
+one activation across a rounding boundary and change that token's output by ~1/127 of a feature
+(1-2 seeds in 40 per case): `assert_equal_up_to_int8_flips` (tests/tolerance.py) allows that for a
+few tokens and holds the rest to 1e-4, and `test_rounding_flips_are_the_only_source_of_mismatch`
+shows that the paths agree to fp32 rounding before quantisation.
 """
 import pytest
 import torch
 
+from tolerance import assert_equal_up_to_int8_flips
 from latentlm.backbones import BackboneConfig, build_backbone
 
 T, PREFILL, B, D = 13, 6, 3, 32
@@ -62,9 +64,7 @@ def test_ternary_prefill_then_decode_equals_parallel(kind, extra):
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1))
     full, _ = model(x)
     got = prefill_then_decode(model, x, extra.get("early_exit", False))
-    ref = full[:, -got.shape[1]:]
-    rel = (got - ref).abs().max() / ref.abs().max()
-    assert rel <= 1e-4, f"{kind}: max relative error {rel:.2e}"
+    assert_equal_up_to_int8_flips(got, full[:, -got.shape[1]:])
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "left-padding"])
@@ -73,9 +73,7 @@ def test_ternary_prefill_then_decode_equals_parallel(kind, extra):
 def test_ternary_gqa_prefill_then_decode_equals_parallel(kind, extra, padded):
     """Grouped-query attention, batch 2, optionally the second row left-padded by 4.
 
-    Seeded like the test above (its seed, 1, happens to flip one activation's rounding for
-    bitnet-kv_heads=1, at a prefill position, so not through the cache; without padding, 0-2 of 40
-    seeds flip a token in each GQA case, as in the multi-head cases)."""
+    Rounding flips as in the test above (0-2 of 40 seeds flip a token in each GQA case, padded or not)."""
     model = build(kind, extra)
     x = torch.randn(2, T, D, generator=torch.Generator().manual_seed(2))
     valid = None
@@ -84,8 +82,7 @@ def test_ternary_gqa_prefill_then_decode_equals_parallel(kind, extra, padded):
         valid[1, :4] = False
     full, _ = model(x, valid=valid)
     got = prefill_then_decode(model, x, False, valid)
-    rel = (got - full).abs().max() / full.abs().max()
-    assert rel <= 1e-4, f"{kind}: max relative error {rel:.2e}"
+    assert_equal_up_to_int8_flips(got, full)
 
 
 @torch.no_grad()

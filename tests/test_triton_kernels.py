@@ -34,16 +34,12 @@ from latentlm.kernels.ternary import absmean_ternary, pack_ternary, quantize_act
 from latentlm.kernels.ternary import ternary_matmul_reference  # noqa: E402
 from latentlm.kernels.ternary import triton_gpu  # noqa: E402
 from latentlm.kernels.triton_utils import interpreter_ready, triton_importable  # noqa: E402
+from tolerance import rel_rms  # noqa: E402
 
 TOL = 1e-5
 GPU_TOL = 5e-3
 needs_triton = pytest.mark.skipif(not triton_importable(), reason="triton is not installed")
 needs_cuda = pytest.mark.skipif(not (HAS_CUDA and triton_importable()), reason="needs CUDA and triton")
-
-
-def rel_rms(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
 @pytest.fixture

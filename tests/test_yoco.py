@@ -35,20 +35,36 @@ def make(kind, n_layers=L, **kw):
     return YOCO(cfg).eval()
 
 
+FP32_TOL = 1e-4  # another path through the model (prefill + decoding, padding) with fp32 caches, relative max
+# error (measured <= 2.6e-6 over 60 seeds)
+
+
 def rel_max(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def tol(model):
+    """The outputs' bound for `model`'s cache dtype: FP32_TOL, or for a 16-bit cache one step of its dtype
+    (eps: 2^-10 fp16, 2^-7 bf16). The two paths compute keys and values an fp32 rounding apart, which can
+    round to neighbouring 16-bit values; each such entry moves the outputs by up to about one step of it
+    (measured over 60 seeds: fp16 <= 1.2e-4, bf16 <= 4.0e-4, where FP32_TOL failed 1 bf16 case in 7)."""
+    dtype = getattr(torch, model.config.kv_dtype)
+    return FP32_TOL if dtype == torch.float32 else torch.finfo(dtype).eps
+
+
 def assert_same_cache(a, b):
-    """fp32 caches agree to 1e-4. A 16-bit cache holds keys that the two paths (one GEMM over the
-    sequence, one per token) compute an fp32 ulp apart, which can round to neighbouring 16-bit values
-    (seen on an AVX-512 host): there every entry must be within one step of the other path's."""
+    """fp32 caches agree to FP32_TOL. A 16-bit cache holds keys that the two paths (one GEMM over the
+    sequence, one per token) compute an fp32 rounding apart, which can round to neighbouring 16-bit values
+    (seen on an AVX-512 host): every entry within one step of the other path's plus that fp32 difference,
+    allowed FP32_TOL of the largest key (it is absolute: near 0, where the 16-bit steps are finer, it
+    spans several, e.g. 3 steps of fp16 at 1.1e-4)."""
     if a.dtype == torch.float32:
-        assert rel_max(a, b) <= 1e-4
+        assert rel_max(a, b) <= FP32_TOL
         return
     step = (torch.nextafter(b.abs(), torch.tensor(float("inf"), dtype=b.dtype)) - b.abs()).float()
-    assert ((a.float() - b.float()).abs() <= step).all()
-    assert rel_max(a.float(), b.float()) <= torch.finfo(a.dtype).eps  # one step of the largest entries at most
+    slack = FP32_TOL * b.float().abs().max()
+    assert ((a.float() - b.float()).abs() <= step + slack).all()
+    assert rel_max(a.float(), b.float()) <= torch.finfo(a.dtype).eps + FP32_TOL  # a step of the largest at most
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-kv_heads={v[1] or H}-{v[2]}")
@@ -76,7 +92,7 @@ def test_prefill_then_decode_equals_parallel(model, prefill, early_exit):
         y, state = model(x[:, :prefill], early_exit=early_exit)
         if early_exit:
             assert y.shape == (B, 1, D)
-            assert rel_max(y, full[:, prefill - 1:prefill]) <= 1e-4
+            assert rel_max(y, full[:, prefill - 1:prefill]) <= tol(model)
             outs = []
         else:
             outs = [y]
@@ -85,7 +101,7 @@ def test_prefill_then_decode_equals_parallel(model, prefill, early_exit):
             outs.append(y)
     got = torch.cat(outs, 1)
     ref = full[:, prefill:] if early_exit else full
-    assert rel_max(got, ref) <= 1e-4
+    assert rel_max(got, ref) <= tol(model)
     assert_same_cache(state.keys, full_state.keys)
     assert model.state_nbytes(state) == model.state_nbytes(full_state)
 
@@ -108,9 +124,9 @@ def test_continuation_in_chunks(model, early_exit):
         y1, state = model(x[:, :3])
         y2, state = model(x[:, 3:10], state, early_exit=early_exit)
         y3, state = model(x[:, 10:], state)
-    assert rel_max(y1, full[:, :3]) <= 1e-4
-    assert rel_max(y2, full[:, 9:10] if early_exit else full[:, 3:10]) <= 1e-4
-    assert rel_max(y3, full[:, 10:]) <= 1e-4
+    assert rel_max(y1, full[:, :3]) <= tol(model)
+    assert rel_max(y2, full[:, 9:10] if early_exit else full[:, 3:10]) <= tol(model)
+    assert rel_max(y3, full[:, 10:]) <= tol(model)
 
 
 @pytest.mark.parametrize("early_exit", [False, True])
@@ -126,11 +142,11 @@ def test_left_padding_is_invisible(model, early_exit):
         ref, _ = model(x[1:, pad:])
         assert torch.isfinite(out).all()
         if early_exit:
-            assert rel_max(out[1], ref[0, -1:]) <= 1e-4
+            assert rel_max(out[1], ref[0, -1:]) <= tol(model)
         else:
-            assert rel_max(out[1, pad:], ref[0]) <= 1e-4
+            assert rel_max(out[1, pad:], ref[0]) <= tol(model)
             ref0, _ = model(x[:1])  # the unpadded row is unaffected by its neighbour
-            assert rel_max(out[0], ref0[0]) <= 1e-4
+            assert rel_max(out[0], ref0[0]) <= tol(model)
         # decoding continues correctly after a padded prefill
         nxt = torch.randn(B, 3, D)
         steps = []
@@ -139,7 +155,7 @@ def test_left_padding_is_invisible(model, early_exit):
             steps.append(y)
         steps = torch.cat(steps, 1)
         ref_steps, _ = model(torch.cat([x[1:, pad:], nxt[1:]], 1))
-    assert rel_max(steps[1], ref_steps[0, -3:]) <= 1e-4
+    assert rel_max(steps[1], ref_steps[0, -3:]) <= tol(model)
 
 
 def test_training_backward(model):
@@ -196,7 +212,7 @@ def test_small_configs(kind, n_layers, window):
         for i in range(5, 9):
             y, state = model(x[:, i:i + 1], state)
             outs.append(y)
-    assert rel_max(torch.cat(outs, 1), full[:, 5:]) <= 1e-4
+    assert rel_max(torch.cat(outs, 1), full[:, 5:]) <= FP32_TOL
 
 
 def test_sliding_window_sees_exactly_window_positions():

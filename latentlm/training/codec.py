@@ -1,0 +1,186 @@
+"""`latentlm train-codec`: train a codec by the config's `kind`.
+
+- `image_sigma_vae`: the image sigma-VAE on shapes-world scenes.
+- `audio_sigma_vae`, `encodec_tokenizer`: the audio sigma-VAE or the EnCodec tokenizer on random crops of
+  the speech train split (`latentlm.data.speech`). The first `data.n_train` utterances are synthesised
+  once and cached in the run folder (`speech_train_<n>.npz`, 16-bit); a step's batch is a pure function
+  of (seed, step): one crop length for the step, then an utterance and an offset per row.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from latentlm.checkpoint import save_codec
+from latentlm.codecs import CODECS, ImageSigmaVAE, SigmaVAEConfig
+from latentlm.config_io import load_yaml_config
+from latentlm.errors import ConfigError
+from latentlm.data.rendered import shapes_images
+from latentlm.training.trainer import OptimConfig, train
+
+AUDIO_KINDS = ("audio_sigma_vae", "encodec_tokenizer")
+
+
+class ShapesDataConfig(BaseModel):
+    source: Literal["shapes"] = "shapes"  # set from `kind`
+    n_train: int = Field(50_000, ge=1)  # scenes of the train split, cycled
+
+
+class SpeechDataConfig(BaseModel):
+    source: Literal["speech"] = "speech"  # set from `kind`
+    n_train: int = Field(2000, ge=1)  # utterances of the speech train split, synthesised once into the run folder
+    crop_seconds: tuple[float, float] = (1.0, 2.0)  # each step draws one crop length in [min, max]
+
+    @field_validator("crop_seconds")
+    @classmethod
+    def _crop_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.1 <= v[0] <= v[1]:
+            raise ValueError(f"crop_seconds={list(v)}: need 0.1 <= min <= max")
+        return v
+
+
+class CodecTrainConfig(BaseModel):
+    kind: Literal["image_sigma_vae", "audio_sigma_vae", "encodec_tokenizer"] = "image_sigma_vae"
+    codec: dict = Field(default_factory=dict)  # fields of the kind's config class (SigmaVAEConfig, ...)
+    data: Annotated[ShapesDataConfig | SpeechDataConfig, Field(discriminator="source")] = ShapesDataConfig()
+    train: OptimConfig = OptimConfig()
+    stats_images: int = Field(512, ge=16)  # images used to measure the latent scale and bias
+    stats_utterances: int = Field(256, ge=1)  # utterances used to measure the audio sigma-VAE's latent stats
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_source_follows_kind(cls, values):
+        if isinstance(values, dict) and (values.get("data") is None or isinstance(values["data"], dict)):
+            source = "speech" if values.get("kind") in AUDIO_KINDS else "shapes"
+            values = values | {"data": (values.get("data") or {}) | {"source": source}}
+        return values
+
+    def codec_config(self):
+        _, config_cls = CODECS[self.kind]
+        try:
+            return config_cls(**self.codec)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"codec: {e}") from None
+
+
+class ImageCodecTask:
+    def __init__(self, config: CodecTrainConfig) -> None:
+        self.config = config
+        self.model = ImageSigmaVAE(config.codec_config())
+
+    def batch(self, step: int, batch_size: int) -> Tensor:
+        n = self.config.data.n_train
+        return shapes_images("train", [(step * batch_size + j) % n for j in range(batch_size)])
+
+    def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return model.loss(batch)
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        model.eval()
+        images = shapes_images("train", list(range(self.config.stats_images)))
+        model.set_latent_stats(images, torch.Generator().manual_seed(0))
+        save_codec(model, out_dir)
+
+
+class SpeechClips:
+    """Utterances 0..n-1 of a speech split as one 16-bit buffer, cached in a .npz file."""
+
+    def __init__(self, audio: np.ndarray, offsets: np.ndarray) -> None:
+        self.audio = torch.from_numpy(audio)  # int16 [total samples]
+        self.offsets = offsets  # int64 [n + 1]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def wave(self, i: int) -> Tensor:
+        """Utterance i as float32 [T]."""
+        return self.audio[self.offsets[i]: self.offsets[i + 1]].float() / 32767
+
+    @classmethod
+    def load_or_make(cls, n: int, cache: Path | None, split: str = "train", progress: bool = True) -> SpeechClips:
+        if cache is not None and cache.is_file():
+            try:
+                with np.load(cache) as f:
+                    audio, offsets = f["audio"], f["offsets"]
+                if len(offsets) == n + 1 and offsets[-1] == len(audio) and audio.dtype == np.int16:
+                    return cls(audio, offsets)
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable: synthesise again
+        from tqdm.auto import tqdm
+
+        from latentlm.data.speech import speech_item
+
+        waves = []
+        for i in tqdm(range(n), desc=f"speech {split} (once)", disable=not progress, dynamic_ncols=True):
+            wav = speech_item(split, i)[2]
+            waves.append(np.round(np.clip(wav, -1, 1) * 32767).astype(np.int16))
+        audio = np.concatenate(waves)
+        offsets = np.concatenate([[0], np.cumsum([len(w) for w in waves])]).astype(np.int64)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + ".tmp.npz")
+            np.savez(tmp, audio=audio, offsets=offsets)
+            os.replace(tmp, cache)
+        return cls(audio, offsets)
+
+    def crops(self, rng: np.random.Generator, batch_size: int, length: int) -> Tensor:
+        """`batch_size` crops of `length` samples at random utterances and offsets; short ones are
+        zero-padded on the right. [B, length] float32."""
+        out = torch.zeros(batch_size, length)
+        for b in range(batch_size):
+            i = int(rng.integers(len(self)))
+            start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+            if end - start > length:
+                start += int(rng.integers(end - start - length + 1))
+            piece = self.audio[start: min(end, start + length)]
+            out[b, : len(piece)] = piece.float() / 32767
+        return out
+
+
+class AudioCodecTask:
+    """Trains an audio codec (any audio kind of CODECS) on crops of the speech train split."""
+
+    def __init__(self, config: CodecTrainConfig, run_dir: Path | None = None, progress: bool = True) -> None:
+        self.config = config
+        cls, _ = CODECS[config.kind]
+        self.model = cls(config.codec_config())
+        n = config.data.n_train
+        cache = Path(run_dir) / f"speech_train_{n}.npz" if run_dir is not None else None
+        self.clips = SpeechClips.load_or_make(n, cache, progress=progress)
+
+    def crop_length(self, rng: np.random.Generator) -> int:
+        """A whole number of codec frames, about U(crop_seconds) long."""
+        lo, hi = self.config.data.crop_seconds
+        hop = self.model.hop_length
+        frames = max(1, round(rng.uniform(lo, hi) * self.model.sample_rate / hop))
+        return frames * hop
+
+    def batch(self, step: int, batch_size: int) -> Tensor:
+        rng = np.random.default_rng([self.config.train.seed, step])
+        return self.clips.crops(rng, batch_size, self.crop_length(rng))
+
+    def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return model.loss(batch)
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        model.eval()
+        if hasattr(model, "set_latent_stats"):
+            k = min(self.config.stats_utterances, len(self.clips))
+            model.set_latent_stats([self.clips.wave(i) for i in range(k)], torch.Generator().manual_seed(0))
+        save_codec(model, out_dir)
+
+
+def train_codec(config_path: str | Path, out_dir: str | Path, resume: bool = False, **kwargs) -> Path:
+    config = load_yaml_config(config_path, CodecTrainConfig)
+    torch.manual_seed(config.train.seed)  # the model's initial weights follow the config's seed
+    if config.kind in AUDIO_KINDS:
+        task = AudioCodecTask(config, Path(out_dir), progress=kwargs.get("progress", True))
+    else:
+        task = ImageCodecTask(config)
+    return train(task, config.train, out_dir, resume=resume, **kwargs)

@@ -61,6 +61,7 @@ def understanding(model: LatentLM) -> tuple[list[list], dict]:
     for name, render in (("shapes", render_scenes), ("plain", render_plain)):
         reports[name] = {
             "caption": eval_caption(model, n=400, split="test", progress=False, render=render),
+            "caption_prompt": eval_caption(model, n=400, split="test", progress=False, render=render, via_boxes=False),
             "vqa": eval_vqa(model, n=420, split="test", progress=False, render=render),
             "ground": eval_ground(model, n=300, split="test", progress=False, render=render),
         }
@@ -74,6 +75,8 @@ def understanding(model: LatentLM) -> tuple[list[list], dict]:
 UNDERSTANDING_BARS = [
     ("caption, single-object scenes", ">= 97%", lambda r: r["caption"]["single"]),
     ("caption, two-object scenes", ">= 85%", lambda r: r["caption"]["pair"]),
+    ("(caption, two-object scenes, from the plain caption prompt instead of via boxes)", "-",
+     lambda r: r["caption_prompt"]["pair"]),
     ("question answering, all kinds", ">= 90% each", lambda r: r["vqa"]["accuracy"]),
     ("question answering, weakest kind", ">= 90%", lambda r: r["vqa"]["min_kind"]),
     ("phrase grounding, IoU >= 0.5", ">= 90%", lambda r: r["ground"]["phrase_grounding"]),

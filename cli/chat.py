@@ -9,10 +9,12 @@
       the circle: (20, 4, 44, 28)
     >>> /bye
 
-The last picture drawn or attached (a message holding a picture's path) is the conversation's
-picture: questions, captions and "where is ..." are asked about it. Pictures are saved as PNG into the
-output folder and their paths printed; text is printed. A user error prints one `error: ...` line and
-the conversation goes on; Ctrl-C stops the current step, Ctrl-D (or the end of piped input) ends it.
+The conversation is the Session's memory (`Session.memory`, planned by `workflows/planner.py`): the
+last picture drawn or attached (a message holding a picture's path) is the one questions, captions and
+"where is ..." are about, and "now make it green" redraws the last drawing changed. Pictures are saved
+as PNG into the output folder and their paths printed; text is printed, warnings (words the model
+never saw) as `warning: ...` lines. A user error prints one `error: ...` line and the conversation goes
+on; Ctrl-C stops the current step, Ctrl-D (or the end of piped input) ends it.
 
 `Chat` holds the logic and runs without a terminal: `Chat(session, out_dir).loop(read)`, where `read`
 returns the next input line or None at the end. With piped input each line is echoed after its prompt,
@@ -29,7 +31,7 @@ from typing import TextIO
 
 import click
 
-from latentlm.errors import LatentLMError, PromptError
+from latentlm.errors import LatentLMError
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
 PROMPT = ">>> "
@@ -42,7 +44,8 @@ COMMANDS = ("/help", "/?", "/set", "/show", "/save", "/clear", *EXIT_COMMANDS)
 
 HELP = f"""\
 Ask for a picture ('draw a red circle above a blue square'), then ask about it: 'describe it',
-'where is the circle?', 'what colour is the square?'. A picture's path in a message attaches it
+'where is the circle?', 'what colour is the square?', or change it: 'now make it green'. Two steps
+at once: 'draw a blue square and describe it'. A picture's path in a message attaches it
 ({' '.join(IMAGE_SUFFIXES)}); the last picture drawn or attached is the one questions are about.
   /help, /?      this help
   /set seed N    the seed of the next steps (0 <= N <= 2**63 - 1)
@@ -58,7 +61,9 @@ _NUMBERED = re.compile(r"^(\d+)-")
 
 
 def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    from latentlm.cli.outputs import one_line as line
+
+    return line(str(error)) or type(error).__name__
 
 
 def _slug(text: str) -> str:
@@ -89,7 +94,7 @@ def find_attachments(text: str) -> tuple[list[Path], str]:
 
 
 class Chat:
-    """One conversation: a Session, the conversation's picture, the last result, an output folder."""
+    """One conversation: a Session (which remembers the picture), the last result, an output folder."""
 
     def __init__(self, session, out_dir: str | os.PathLike = DEFAULT_OUT, model_name: str = "",
                  out: TextIO | None = None):
@@ -97,13 +102,17 @@ class Chat:
         self.out_dir = Path(out_dir)
         self.model_name = model_name or str(getattr(session, "_model", ""))
         self.out = out if out is not None else sys.stdout
-        self.picture = None  # PIL image questions are asked about
-        self.picture_path: str | None = None
+        self.picture_path: str | None = None  # where the Session's picture is on disk, for /show
         self.last = None  # the last Result
         self.last_request: str | None = None
         self.last_lines: list[str] = []
         numbers = [int(m.group(1)) for p in self.out_dir.glob("*") if (m := _NUMBERED.match(p.name))]
         self.count = max(numbers, default=0)  # outputs are numbered on from earlier chats in the folder
+
+    @property
+    def picture(self):
+        """The picture follow-ups are about: the Session's memory."""
+        return self.session.memory.picture
 
     # ---- output ---------------------------------------------------------------------------------
     def say(self, line: str = "") -> None:
@@ -190,7 +199,8 @@ class Chat:
         elif word == "/save":
             self.save(rest)
         elif word == "/clear":
-            self.picture = self.picture_path = self.last = self.last_request = None
+            self.session.forget()
+            self.picture_path = self.last = self.last_request = None
             self.last_lines = []
             self.say("cleared: no picture, no last result")
         return True
@@ -239,59 +249,35 @@ class Chat:
 
     # ---- requests -------------------------------------------------------------------------------
     def request(self, text: str) -> None:
-        from latentlm.images import load_image
-
         attached, text = find_attachments(text)
         if len(attached) > 1:
             raise LatentLMError(f"attach one picture per message, not {len(attached)}")
-        if attached:
-            picture = load_image(attached[0])  # an unreadable file fails here, naming it
-            self.picture, self.picture_path = picture, str(attached[0])
-            if not text:
-                self.say(f"attached {attached[0]} ({picture.width}x{picture.height}); ask about it, e.g. 'describe it'")
-                return
-            self.run(text, picture)
+        if not attached:
+            self.run(text)
             return
-        self.run(text, self._picture_for(text))
+        picture = self.session.attach(attached[0])  # an unreadable file fails here, naming it
+        self.picture_path = str(attached[0])
+        if not text:
+            self.say(f"attached {attached[0]} ({picture.width}x{picture.height}); ask about it, e.g. 'describe it'")
+            return
+        self.run(text, picture)
 
-    def _picture_for(self, text: str):
-        """The conversation's picture if `text` is about it, else None (a new drawing)."""
-        from latentlm.workflows.planner import plan
-
-        if self.picture is not None:
-            try:
-                plan(text, has_image=True)
-                return self.picture
-            except PromptError as about_picture:
-                try:
-                    plan(text)
-                except PromptError:
-                    raise about_picture from None
-                return None
-        try:
-            plan(text)
-        except PromptError as error:
-            try:
-                plan(text, has_image=True)
-            except PromptError:
-                raise error from None
-            raise LatentLMError(f"{text!r} is about a picture, and there is none yet: draw one first, "
-                                "or put a picture's path in the message") from None
-        return None
-
-    def run(self, text: str, picture) -> None:
+    def run(self, text: str, picture=None) -> None:
+        """Run one request through the Session (which knows the conversation's picture); print and save."""
         from latentlm.cli.main import save_picture
 
         result = self.session.run(text, image=picture)
         workflow = self._workflow(result)
         self.count += 1
+        for warning in result.warnings:
+            self.say(f"warning: {one_line(LatentLMError(warning))}")
         lines = []
         for i, image in enumerate(result.images or []):
             name = f"{self.count:03d}-{_slug(text) or workflow}{f'-{i}' if i else ''}.png"
             path = save_picture(image, self.out_dir / name)
             lines.append(str(path))
-            if workflow == "text-to-image" and i == 0:
-                self.picture, self.picture_path = image, str(path)
+            if image is self.session.memory.picture:
+                self.picture_path = str(path)
         if result.text is not None:
             lines.append(result.text)
         for e in result.entities or []:

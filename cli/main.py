@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from latentlm.cli.outputs import PICTURE_FORMATS, check_picture_path, check_writable_dir, save_picture  # noqa: F401
+from latentlm.cli.outputs import (PICTURE_FORMATS, check_picture_path, check_writable_dir, echo_warnings,  # noqa: F401
+                                  one_line, save_picture)
 from latentlm.errors import LatentLMError
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
@@ -18,6 +19,9 @@ BACKBONES = ["transformer", "retnet", "yoco", "longnet", "bitnet"]
 
 
 SEED = click.IntRange(0, 2**63 - 1)  # a seed option: a bad value names the option at parse time
+STRICT = click.option("--strict", is_flag=True,
+                      help="Refuse (exit 2) a prompt with words or a form the model was not trained on, "
+                           "instead of running it with a warning.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,44 +193,82 @@ def build_kernels() -> None:
 
 # ---- generation ------------------------------------------------------------------------------
 @cli.command()
-@click.option("--modality", type=click.Choice(["image"]), default="image", show_default=True)
+@click.option("--modality", type=click.Choice(["image", "audio"]), default="image", show_default=True)
 @click.option("--prompt", required=True, help="What to generate, e.g. 'a red circle above a blue square'.")
-@click.option("--steps", type=click.IntRange(min=1, max=1000), default=DEFAULT_STEPS, show_default=True,
-              help="Diffusion sampling steps per latent.")
-@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=DEFAULT_CFG, show_default=True,
-              help="Classifier-free guidance scale (1 = off).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEMPERATURE,
-              show_default=True, help="Scale of the starting noise (below 1: nearer the mode, less varied).")
+@click.option("--steps", type=click.IntRange(min=1, max=1000), default=None,
+              help=f"Diffusion sampling steps per latent [default: {DEFAULT_STEPS} for pictures, 10 for speech].")
+@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=None,
+              help=f"Classifier-free guidance scale, 1 = off [default: {DEFAULT_CFG} for pictures, 2.0 for speech].")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Scale of the starting noise (below 1: nearer the mode, less varied) [default: {DEFAULT_TEMPERATURE} "
+                   "for pictures, 1.0 for speech].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None,
               help="The backbone kind the model must have (checked; weights belong to their backbone).")
+@click.option("--voice", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Audio only: a few seconds of a speaker (WAV/FLAC) to speak like.")
+@click.option("--voice-text", default=None,
+              help="Audio only: the words said in --voice (default: the .txt file beside it).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output picture: .png, .jpg/.jpeg, .webp or .bmp.")
-def generate(modality: str, prompt: str, steps: int, cfg: float, temperature: float, seed: int, model: str,
-             backbone: str | None, out: Path) -> None:
-    """Generate a picture from a text prompt.
+              help="Output picture (.png, .jpg/.jpeg, .webp, .bmp) or sound (.wav, .flac).")
+@STRICT
+def generate(modality: str, prompt: str, steps: int | None, cfg: float | None, temperature: float | None, seed: int,
+             model: str, backbone: str | None, voice: Path | None, voice_text: str | None, out: Path,
+             strict: bool) -> None:
+    """Generate a picture or speech from a text prompt.
+
+    The shipped model (shapes-tiny) draws only its shapes world: 'a [small|large] <colour> <shape>' or
+    'a <colour> <shape> <relation> a <colour> <shape>', with the colours red, green, blue, yellow,
+    purple, orange; the shapes circle, square, triangle; the sizes small and large (one object only);
+    the relations left of, right of, above, below. A prompt with other words, or in another form, still
+    draws but prints a warning on stderr naming them; --strict refuses it (exit 2).
 
     \b
     Example:
       latentlm generate --modality image --prompt "a red circle above a blue square" -o out.png
       latentlm generate --prompt "a blue square" --model runs/retnet/final --backbone retnet -o sq.png
+      latentlm generate --modality audio --prompt "a red circle" --voice ref.wav -o said.wav
     """
-    out = check_picture_path(out)  # before any model work
-    from latentlm.model import LatentLM
-    from latentlm.workflows.planner import plan
-    from latentlm.workflows.session import Session, check_seed
+    from latentlm.workflows.session import check_seed
 
     check_seed(seed, "--seed")
     if not prompt.strip():
         raise LatentLMError("the prompt is empty; describe the picture, e.g. 'a red circle above a blue square'")
-    request = plan(prompt)
-    if request.workflow != "text-to-image":
+    if modality == "audio":
+        _speak(prompt, steps, cfg, temperature, seed, model, backbone, voice, voice_text, out)
+        return
+    if voice is not None or voice_text is not None:
+        raise LatentLMError("--voice and --voice-text are for --modality audio")
+    _draw(prompt, steps, cfg, temperature, seed, model, backbone, out, strict)
+
+
+def _draw(prompt: str, steps, cfg, temperature, seed: int, model: str, backbone, out: Path, strict: bool) -> None:
+    out = check_picture_path(out)  # before any model work
+    from latentlm.workflows.planner import plan
+    from latentlm.workflows.session import Session
+
+    session = Session(model, backbone=backbone, steps=steps or DEFAULT_STEPS, cfg_scale=DEFAULT_CFG if cfg is None else cfg,
+                      temperature=temperature or DEFAULT_TEMPERATURE, strict=strict)
+    request = plan(prompt, drawing=True)
+    if [s.workflow for s in request.steps] != ["text-to-image"]:
         raise LatentLMError(f"--prompt {prompt!r} is not a description of a picture; e.g. 'a red circle'")
-    lm = LatentLM.from_pretrained(model, backbone=backbone)
-    session = Session(lm, steps=steps, cfg_scale=cfg, temperature=temperature)
-    image = session.draw(request.steps[0].args["prompt"], seed=seed).image
-    save_picture(image, out)
+    result = session.draw(request.steps[0].args["prompt"], seed=seed)  # --strict refuses here, before the model loads
+    save_picture(result.image, out)
+    echo_warnings(result)
+    click.echo(str(out))
+
+
+def _speak(text: str, steps, cfg, temperature, seed: int, model: str, backbone, voice: Path | None,
+           voice_text: str | None, out: Path) -> None:
+    from latentlm.audio_io import check_audio_path, save_audio
+    from latentlm.workflows.session import Session
+
+    out = check_audio_path(out)  # before any model work
+    check_writable_dir(out.parent, "--out", shown=out)
+    sampling = {k: v for k, v in (("steps", steps), ("cfg_scale", cfg), ("temperature", temperature)) if v is not None}
+    result = Session(model, backbone=backbone).speak(text, str(voice) if voice else None, voice_text, seed, **sampling)
+    save_audio(result.audio, result.sample_rate, out)
     click.echo(str(out))
 
 
@@ -238,6 +280,7 @@ _json_option = click.option("--json", "as_json", is_flag=True,
 
 
 def _echo_result(result, as_json: bool) -> None:
+    echo_warnings(result)
     if as_json:
         entities = [{"phrase": e.phrase, "boxes": [[round(v, 2) for v in b] for b in e.boxes]}
                     for e in result.entities or []]
@@ -249,10 +292,10 @@ def _echo_result(result, as_json: bool) -> None:
         click.echo(f"  {e.phrase}: {boxes}")
 
 
-def _session(model: str):
+def _session(model: str, strict: bool = False):
     from latentlm.workflows.session import Session
 
-    return Session(model)
+    return Session(model, strict=strict)
 
 
 def _check_image(image: str) -> None:
@@ -282,7 +325,8 @@ def caption_cmd(image: str, grounded: bool, model: str, as_json: bool) -> None:
 @click.argument("question")
 @_model_option
 @_json_option
-def ask_cmd(image: str, question: str, model: str, as_json: bool) -> None:
+@STRICT
+def ask_cmd(image: str, question: str, model: str, as_json: bool, strict: bool) -> None:
     """Answer a question about a picture.
 
     \b
@@ -292,7 +336,7 @@ def ask_cmd(image: str, question: str, model: str, as_json: bool) -> None:
     if not question.strip():
         raise LatentLMError("the question is empty; e.g. 'what colour is the circle?'")
     _check_image(image)
-    _echo_result(_session(model).ask(image, question), as_json)
+    _echo_result(_session(model, strict).ask(image, question), as_json)
 
 
 @cli.command("ground")
@@ -302,7 +346,8 @@ def ask_cmd(image: str, question: str, model: str, as_json: bool) -> None:
               help="Also save the picture with the box drawn on it (.png, .jpg, .webp or .bmp).")
 @_model_option
 @_json_option
-def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_json: bool) -> None:
+@STRICT
+def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_json: bool, strict: bool) -> None:
     """Find a phrase in a picture: its box in the picture's pixels.
 
     \b
@@ -314,7 +359,7 @@ def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_jso
     if draw_to is not None:
         draw_to = check_picture_path(draw_to, "--draw")
     _check_image(image)
-    result = _session(model).ground(image, phrase)
+    result = _session(model, strict).ground(image, phrase)
     if draw_to is not None:
         save_picture(result.image, draw_to)
     _echo_result(result, as_json)
@@ -359,23 +404,67 @@ def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float,
 
 
 @eval_group.command("codec")
-@click.option("--model", default="shapes-tiny", show_default=True, help="A LatentLM (its image codec is used).")
+@click.option("--modality", type=click.Choice(["image", "audio"]), default="image", show_default=True)
+@click.option("--model", default="shapes-tiny", show_default=True, help="A LatentLM (its codec of --modality is used).")
 @click.option("--codec", "codec_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A codec checkpoint folder instead of --model.")
-@click.option("--n", "n", type=click.IntRange(min=1), default=256, show_default=True)
-def eval_codec_cmd(model: str, codec_dir: Path | None, n: int) -> None:
-    """Reconstruction PSNR of the image sigma-VAE on the test split.
+@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Test items (default 256 pictures, 60 utterances).")
+def eval_codec_cmd(modality: str, model: str, codec_dir: Path | None, n: int | None) -> None:
+    """Reconstruction quality of a codec on the test split: PSNR of the image sigma-VAE; mel and MR-STFT
+    distances, rates and round-trip intelligibility (pocketsphinx, shapes grammar) of an audio codec.
 
     \b
     Example:
       latentlm eval codec --model shapes-tiny
+      latentlm eval codec --modality audio --codec runs/speech-vae/final
     """
     from latentlm.checkpoint import load_codec
-    from latentlm.evaluation.codec import eval_codec
     from latentlm.model import LatentLM
 
-    codec = load_codec(codec_dir) if codec_dir else LatentLM.from_pretrained(model).codecs["image"]
-    click.echo(json.dumps(eval_codec(codec, n), indent=2))
+    if codec_dir:
+        codec = load_codec(codec_dir)
+    else:
+        lm = LatentLM.from_pretrained(model)
+        if modality not in lm.codecs:
+            raise LatentLMError(f"model {model!r} has no {modality} codec; pass one with --codec DIR")
+        codec = lm.codecs[modality]
+    if getattr(codec, "modality", "image") != modality:
+        raise LatentLMError(f"{codec_dir} is not an {modality} codec; use --modality {getattr(codec, 'modality', 'image')}")
+    if modality == "image":
+        from latentlm.evaluation.codec import eval_codec
+
+        click.echo(json.dumps(eval_codec(codec, n or 256), indent=2))
+        return
+    from latentlm.evaluation.audio_codec import eval_audio_codec, round_trip_intelligibility
+
+    report = eval_audio_codec(codec, n or 60) | round_trip_intelligibility(codec, n or 60)
+    click.echo(json.dumps(report, indent=2))
+
+
+@eval_group.command("tts")
+@click.option("--model", default="shapes-tiny", show_default=True)
+@click.option("--n", "n", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out sentences.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="test to report; val for choices (steps, CFG).")
+@click.option("--steps", type=click.IntRange(min=1, max=1000), default=None, help="DPM-Solver++ steps per latent.")
+@click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+def eval_tts_cmd(model: str, n: int, split: str, steps: int | None, cfg: float | None, seed: int) -> None:
+    """Text-to-speech on held-out sentences against espeak-ng's rendering (JSON on stdout): intelligibility
+    (pocketsphinx), MCD-DTW, duration, voice match, real-time factor.
+
+    \b
+    Example:
+      latentlm eval tts --model shapes-tiny --n 40
+    """
+    from latentlm.evaluation.tts import eval_tts
+    from latentlm.model import LatentLM
+    from latentlm.speech import DEFAULT_SPEECH_CFG, DEFAULT_SPEECH_STEPS
+
+    lm = LatentLM.from_pretrained(model)
+    report = eval_tts(lm, n, split, steps or DEFAULT_SPEECH_STEPS, DEFAULT_SPEECH_CFG if cfg is None else cfg,
+                      seed=seed)
+    click.echo(json.dumps(report, indent=2))
 
 
 def _eval_understanding(name: str, fn: str, default_n: int, what: str):
@@ -428,11 +517,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()} (see 'latentlm --help')", err=True)
+        click.echo(f"error: {one_line(e.format_message())} (see 'latentlm --help')", err=True)
         sys.exit(2)
     except (LatentLMError, ValueError, FileNotFoundError) as e:
-        msg = " ".join(str(e).split())
-        click.echo(f"error: {msg}", err=True)
+        click.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)

@@ -1,9 +1,13 @@
-"""Where the CLI writes: output folders checked before any model work, pictures in the suffix's format."""
+"""Where the CLI writes: output folders checked before any model work, pictures in the suffix's format;
+and the one place warnings go (stderr, one `warning: ...` line each)."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+
+import click
 
 from latentlm.errors import LatentLMError
 
@@ -65,3 +69,16 @@ def save_picture(image, out: str | os.PathLike) -> Path:
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def one_line(text: str) -> str:
+    """`text` as one line: runs of spaces, tabs and line breaks as one space, other unprintable characters
+    escaped (`\\x1e`), so that a message never spans lines, whatever the user typed into it."""
+    text = " ".join(re.split(r"[ \t\n\r]+", str(text).strip()))
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def echo_warnings(result) -> None:
+    """Each of `result.warnings` (prompts outside what the model knows) as one `warning: ...` line on stderr."""
+    for warning in getattr(result, "warnings", None) or []:
+        click.echo(f"warning: {one_line(warning)}", err=True)

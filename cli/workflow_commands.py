@@ -29,8 +29,11 @@ WORKFLOW_SUFFIXES = (".yaml", ".yml")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan as JSON without loading the model.")
 @click.option("--image", default=None, help="Request only: the picture it is about.")
 @click.option("--seed", type=int, default=None, help="Request only (a workflow file sets its own seeds).")
+@click.option("--strict", is_flag=True, help="Request only: refuse (exit 2) words or forms the model was not "
+                                             "trained on, instead of running with a warning.")
+@click.option("--json", "as_json", is_flag=True, help="Request only: print the Result as JSON (Result.to_dict()).")
 def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: str, list_examples: bool,
-            dry_run: bool, image: str | None, seed: int | None) -> None:
+            dry_run: bool, image: str | None, seed: int | None, strict: bool, as_json: bool) -> None:
     """Run a workflow file, a shipped example, or a free-text request.
 
     \b
@@ -38,7 +41,9 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
     in full first (all problems, as FILE:LINE:COL: where: what), then run with one model load.
     Its outputs (pictures as PNG, text as .txt) and manifest.json go to -o DIR, by default
     outputs/<name>-<YYYYmmdd-HHMMSS> under the current folder. The name of a shipped example
-    (see --list) runs that example. Anything else is a request, planned and run by Session.run.
+    (see --list) runs that example. Anything else is a request, planned and run by Session.run:
+    one or more steps ("draw a red circle and describe it"), each step's seed derived from --seed.
+    Words or forms the model was not trained on print a warning on stderr (--strict: exit 2).
 
     \b
     Example:
@@ -47,6 +52,7 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
       latentlm run flow.yaml --set prompt="a blue square" --set seed=4
       latentlm run "draw a red circle" -o circle.png
       latentlm run "draw a red circle" --dry-run
+      latentlm run "draw a red circle and describe it" -o out/ --json
     """
     if list_examples:
         if target is not None:
@@ -57,9 +63,11 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
         raise click.UsageError("give a workflow FILE.yaml, an example name (see --list) or a request in quotes")
     path = workflow_path(target)
     if path is not None:
+        if strict or as_json:
+            raise click.UsageError("--strict and --json are for requests; a workflow file writes manifest.json")
         _run_file(path, sets, out, model, dry_run, image, seed)
     else:
-        _run_request(target, sets, out, model, dry_run, image, seed)
+        _run_request(target, sets, out, model, dry_run, image, seed, strict, as_json)
 
 
 def workflow_path(target: str) -> Path | None:
@@ -102,9 +110,11 @@ def _run_file(path: Path, sets, out, model, dry_run, image, seed) -> None:
     click.echo(str(outcome.manifest_path))
 
 
-def _run_request(request: str, sets, out, model, dry_run, image, seed) -> None:
-    """A free-text request: `Session.plan` for --dry-run (no model), else `Session.run`."""
-    from latentlm.cli.outputs import check_picture_path, check_writable_dir, save_picture
+def _run_request(request: str, sets, out, model, dry_run, image, seed, strict=False, as_json=False) -> None:
+    """A free-text request: `Session.plan` and its check for --dry-run (no model), else `Session.run`."""
+    from latentlm.audio_io import AUDIO_FORMATS, check_audio_path, save_audio
+    from latentlm.cli.outputs import check_picture_path, check_writable_dir, echo_warnings, save_picture
+    from latentlm.workflows.result import Result
     from latentlm.workflows.session import Session, check_seed
 
     if sets:
@@ -116,25 +126,37 @@ def _run_request(request: str, sets, out, model, dry_run, image, seed) -> None:
         from latentlm.images import load_image
 
         load_image(image)  # a missing picture fails before the model loads
-    session = Session(model)
+    session = Session(model, strict=strict)
     plan = session.plan(request, image)
+    notes = session.vet(plan.steps)  # --strict refuses here, before any model work
     if dry_run:
+        echo_warnings(Result(warnings=notes))
         click.echo(json.dumps(plan.to_dict(), indent=2))
         return
-    draws = any(step.workflow == "text-to-image" for step in plan.steps)
-    if draws and out is None:
-        raise LatentLMError("this request draws a picture: give -o FILE.png (or a folder) to save it")
-    picture_file = out is not None and out.suffix != ""  # a file name: the picture; else a folder for Result.save
+    workflows = {step.workflow for step in plan.steps}
+    if out is None and workflows & {"text-to-image", "text-to-speech"}:
+        raise LatentLMError("this request makes a picture or a sound: give -o FILE.png / FILE.wav (or a folder) "
+                            "to save it")
+    sound_file = out is not None and out.suffix.lower() in AUDIO_FORMATS
+    picture_file = out is not None and out.suffix != "" and not sound_file  # a file name; else a folder
     if picture_file:
         check_picture_path(out)
+    elif sound_file:
+        check_audio_path(out)
+        check_writable_dir(out.parent, shown=out)
     elif out is not None:
         check_writable_dir(out)
     result = session.run(request, image=image, seed=seed)
-    if result.text is not None:
+    echo_warnings(result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif result.text is not None:
         click.echo(result.text)
     if picture_file and result.image is not None:
         click.echo(str(save_picture(result.image, out)))
-    elif out is not None and not picture_file:
+    elif sound_file and result.audio is not None:
+        click.echo(str(save_audio(result.audio, result.sample_rate, out)))
+    elif out is not None and not picture_file and not sound_file:
         click.echo(str(result.save(out)))
 
 

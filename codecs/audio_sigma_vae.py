@@ -50,12 +50,25 @@ def build_seanet(
     dimension: int, n_filters: int, ratios: tuple[int, ...], n_residual_layers: int, lstm: int, norm: str,
     causal: bool,
 ) -> tuple[SEANetEncoder, SEANetDecoder]:
-    """encodec's SEANet encoder/decoder pair (same `ratios` for both: the encoder reverses them)."""
+    """encodec's SEANet encoder/decoder pair (same `ratios` for both: the encoder reverses them), with every
+    bias starting at zero.
+
+    Why zero biases: with PyTorch's default init each of the ~15 convolutions shrinks the signal it
+    passes on while adding a bias of its own, so at init the encoder's output hardly varies with its
+    input (time-std 2e-4 at 12.5 Hz) and the decoder's hardly with its latent. Training then sits at the
+    decoder's average output and never learns to use z (measured: mel distance flat at 1.37 for 200 steps
+    on 8 clips, and at ~1.9 for 1600 steps of the real run). With zero biases both are linear in their
+    input at init, and the same 8 clips reach a mel distance of 0.76 in 200 steps."""
     kwargs = dict(channels=1, dimension=dimension, n_filters=n_filters, n_residual_layers=n_residual_layers,
                   ratios=list(ratios), norm=norm, causal=causal, lstm=lstm)
     with warnings.catch_warnings():  # encodec 0.1.1 uses torch.nn.utils.weight_norm, deprecated but working
         warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-        return SEANetEncoder(**kwargs), SEANetDecoder(**kwargs)
+        encoder, decoder = SEANetEncoder(**kwargs), SEANetDecoder(**kwargs)
+    with torch.no_grad():
+        for name, p in (*encoder.named_parameters(), *decoder.named_parameters()):
+            if name.endswith("bias"):
+                p.zero_()
+    return encoder, decoder
 
 
 def check_seanet(ratios: tuple[int, ...], n_filters: int, norm: str, sample_rate: int) -> None:
@@ -232,12 +245,17 @@ class AudioSigmaVAE(_AudioSEANetCodec):
         eps = torch.randn(mu.shape, generator=generator, device=gen_device).to(mu.device)
         return mu + sigma * eps
 
-    def loss(self, wav: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, wav: Tensor, noise_fraction: float = 1.0) -> tuple[Tensor, dict[str, float]]:
         """Sigma-VAE objective on waves [B, T]: reconstruct from z = mu + sigma*eps (MR-STFT + log-mel L1 +
-        small waveform L1), plus mu_weight * mean(mu^2)."""
+        small waveform L1), plus mu_weight * mean(mu^2).
+
+        `noise_fraction` scales sigma (a warm-up from 0 to 1): at full noise from the first step, the
+        untrained encoder's small mu drowns (sigma ~ 0.6 against an RMS of ~0.3), the decoder learns to
+        ignore z and the encoder never learns to speak up (measured: mel distance flat at ~2 for 750 steps)."""
         x = as_waves(wav)
         mu = self.encode(x)
-        recon = self.decode(self.perturb(mu))[:, : x.shape[-1]]
+        z = mu + noise_fraction * (self.perturb(mu) - mu)
+        recon = self.decode(z)[:, : x.shape[-1]]
         total, logs = self._reconstruction(recon, x)
         mu_sq = mu.pow(2).mean()
         return total + self.config.mu_weight * mu_sq, logs | {"mu_sq": mu_sq.item()}

@@ -17,10 +17,11 @@ to the loss with `penalty_weight`.
 Dead codes: encodec 0.1.1's own expiry (`threshold_ema_dead_code`) writes new vectors into `embed` and
 then, in the same call, overwrites all of `embed` with embed_avg / cluster_size, so it never takes
 effect; and codes that k-means left empty (a small batch has fewer frames than codes) get
-embed_avg / ~1e-5, vectors far from any data that are never used again. So the package's expiry is
-switched off and `_reseed_dead_codes` does it consistently: a code unused for `dead_code_steps` training steps (age
-counted in the `code_age` buffer, saved with the weights) gets a random frame of the current batch's
-residual as its vector, its EMA sum and a cluster size of 1.
+embed_avg / ~1e-5: vectors far from any data, never used again, and beyond fp16's range (a
+half-precision save then decodes to NaN). So the package's expiry is switched off and
+`_reseed_dead_codes` does it consistently: a code unused for `dead_code_steps` training steps (age
+counted in the `code_age` buffer, saved with the weights), and at once any code k-means left empty,
+gets a random frame of the current batch's residual as its vector, its EMA sum and a cluster size of 1.
 
 Normalised latent: the encoder's output is standardised by a `BatchNorm1d` without affine parameters
 before the quantizer (batch statistics in training, running ones in eval). Without it the tokenizer
@@ -81,7 +82,9 @@ class EncodecTokenizerConfig:
         self.ratios = tuple(self.ratios)
         check_seanet(self.ratios, self.n_filters, self.norm, self.sample_rate)
         if self.n_q < 1 or self.bins < 2 or self.dimension < 1:
-            raise ValueError(f"n_q={self.n_q}, bins={self.bins}, dimension={self.dimension}: n_q and dimension >= 1, bins >= 2")
+            raise ValueError(
+                f"n_q={self.n_q}, bins={self.bins}, dimension={self.dimension}: n_q and dimension >= 1, bins >= 2"
+            )
         if not 0 <= self.decay < 1:
             raise ValueError(f"decay={self.decay}: use a value in [0, 1)")
         if min(self.kmeans_iters, self.dead_code_steps, self.quantizer_warmup, self.penalty_weight) < 0:
@@ -187,17 +190,19 @@ class EncodecTokenizer(_AudioSEANetCodec):
 
     @torch.no_grad()
     def _reseed_dead_codes(self, i: int, idx: Tensor, residual: Tensor) -> None:
-        """Age codebook i's codes by one step (0 for those in `idx`); give those unused for dead_code_steps
-        a random frame of `residual` [B, D, N], keeping embed, embed_avg and cluster_size consistent."""
+        """Age codebook i's codes by one step (0 for those in `idx`); give those unused for dead_code_steps,
+        and those k-means left empty (cluster size 0: their EMA vector is embed_avg / ~1e-5, beyond fp16's
+        range), a random frame of `residual` [B, D, N], keeping embed, embed_avg and cluster_size consistent."""
         steps = self.config.dead_code_steps
-        if not steps:
-            return
+        book = self.quantizer.vq.layers[i]._codebook
         age = self.code_age[i]
         age += 1
         age[idx.flatten()] = 0
-        dead = (age >= steps).nonzero().flatten()
+        dead = book.cluster_size < 1e-3
+        if steps:
+            dead |= age >= steps
+        dead = dead.nonzero().flatten()
         if len(dead):
-            book = self.quantizer.vq.layers[i]._codebook
             frames = residual.detach().transpose(1, 2).reshape(-1, residual.shape[1])
             picked = frames[torch.randint(len(frames), (len(dead),), device=frames.device)]
             book.embed[dead] = picked

@@ -77,12 +77,15 @@ def save_weights(
 
 
 def load_weights(
-    module: nn.Module, directory: str | Path, exclude: tuple[str, ...] = (), grow_rows: tuple[str, ...] = ()
+    module: nn.Module, directory: str | Path, exclude: tuple[str, ...] = (), grow_rows: tuple[str, ...] = (),
+    new_parts: tuple[str, ...] = (),
 ) -> None:
     """Load `model.safetensors` into `module` (all keys but `exclude`d ones), in the module's own dtype.
 
     Tensors named in `grow_rows` may hold fewer rows than the module's (a vocabulary grown at its end):
-    the saved rows are loaded and the module keeps its own initial values for the rest."""
+    the saved rows are loaded and the module keeps its own initial values for the rest. Parameters whose
+    names start with one of `new_parts` may be absent (parts added since, e.g. a speech head on a model
+    that only drew and read): they keep their initial values."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint has no weights; save or copy it again")
@@ -91,7 +94,7 @@ def load_weights(
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); save or copy the checkpoint again") from None
     own = _own_state(module, exclude)
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not (new_parts and k.startswith(new_parts)))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(
@@ -107,7 +110,7 @@ def load_weights(
                 "use the config saved with these weights"
             )
         state[k] = v.to(own[k].dtype)
-    module.load_state_dict(state, strict=not exclude)
+    module.load_state_dict(state, strict=not exclude and not new_parts)
 
 
 def save_codec(codec: nn.Module, directory: str | Path, dtype: torch.dtype | None = None) -> Path:

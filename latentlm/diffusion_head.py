@@ -148,6 +148,10 @@ class DiffusionHead(nn.Module):
             num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule, prediction_type=c.prediction_type
         )
 
+    @property
+    def latent_dim(self) -> int:
+        return self.net.out.out_features
+
     def loss(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Denoising loss of clean latents `target` [N, D] given conditions `cond` [N, C]."""
         m = self.config.batch_mul

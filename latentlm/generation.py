@@ -54,7 +54,7 @@ def _prefill_batch(model: LatentLM, prompts: list[str], guided: bool):
     empty = torch.zeros(0, model.config.latent_dim)
     cond = [[Text([tok.bos_id] + prompt_ids(model, p) + [image]), Latent("image", empty)] for p in prompts]
     uncond = [[Text([tok.bos_id, image]), Latent("image", empty)] for _ in prompts] if guided else []
-    return collate(cond + uncond, model.config.latent_dim, tok.pad_id)
+    return collate(cond + uncond, model.config.latent_width, tok.pad_id)
 
 
 def _feed_latent(model: LatentLM, z: Tensor, i: int, guided: bool, state):

@@ -2,7 +2,10 @@
 
 Text positions are embedded from ids and predicted by a softmax head. Latent positions are embedded
 by a linear projection of the latent vector; each next latent is predicted by the per-token
-diffusion head, conditioned on the backbone's hidden state at the position before it.
+diffusion head, conditioned on the backbone's hidden state at the position before it. Each modality
+has its own projection and head (pictures: `latent_in`, `diffusion`; speech: `audio_in`,
+`audio_diffusion`), because their latents differ in width and statistics; the backbone is shared.
+A speech span ends when the text head says `</audio>` (`stop_probability`).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from latentlm.checkpoint import (
 from latentlm.diffusion_head import DiffusionHead
 from latentlm.errors import CheckpointError
 from latentlm.model_config import ModelConfig
-from latentlm.sequence import Batch
+from latentlm.sequence import MODALITY_INDEX, Batch
 from latentlm.tokenizer import TextTokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -41,38 +44,79 @@ class LatentLM(nn.Module):
         self.backbone = build_backbone(config.backbone)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.diffusion = DiffusionHead(config.latent_dim, d, config.head)
+        if config.audio_latent_dim:
+            self.audio_in = nn.Linear(config.audio_latent_dim, d)
+            self.audio_diffusion = DiffusionHead(config.audio_latent_dim, d, config.head)
         self.codecs = nn.ModuleDict(codecs or {})  # frozen; saved in their own sub-folders
         for p in self.codecs.parameters():
             p.requires_grad_(False)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.slot_embed.weight, std=0.02)
 
+    # ---- per-modality parts ----------------------------------------------------------------
+    def latent_projection(self, modality: str) -> nn.Linear:
+        self.config.width(modality)  # a clear error for a modality the model lacks
+        return self.audio_in if modality == "audio" else self.latent_in
+
+    def diffusion_head(self, modality: str) -> DiffusionHead:
+        self.config.width(modality)
+        return self.audio_diffusion if modality == "audio" else self.diffusion
+
     # ---- embedding and forward -------------------------------------------------------------
-    def embed_inputs(self, ids: Tensor, latents: Tensor, is_latent: Tensor, slot: Tensor) -> Tensor:
-        """[B, T] ids, [B, T, D_lat] latents, [B, T] masks -> [B, T, d_model]."""
-        x = torch.where(is_latent[..., None], self.latent_in(latents), self.embed(ids))
+    def embed_inputs(self, ids: Tensor, latents: Tensor, is_latent: Tensor, slot: Tensor,
+                     modality: Tensor | None = None) -> Tensor:
+        """[B, T] ids, [B, T, D_lat] latents, [B, T] masks (modality: MODALITY_INDEX, None = all image)
+        -> [B, T, d_model]."""
+        x = self.embed(ids)
+        for m in self.config.modalities if modality is not None else ("image",):
+            mask = is_latent if modality is None else is_latent & (modality == MODALITY_INDEX[m])
+            if m == "image" or mask.any():
+                proj = self.latent_projection(m)
+                x = torch.where(mask[..., None], proj(latents[..., :proj.in_features]), x)
         s = slot.clamp(0, self.config.max_slots - 1)
         return x + self.slot_embed(s) * (slot >= 0)[..., None]
 
     def forward(self, batch: Batch, state=None):
-        x = self.embed_inputs(batch.ids, batch.latents, batch.is_latent, batch.slot)
+        x = self.embed_inputs(batch.ids, batch.latents, batch.is_latent, batch.slot, batch.modality)
         return self.backbone(x, state, valid=batch.valid)
 
+    def stop_probability(self, h: Tensor) -> Tensor:
+        """p(`</audio>` next) from hidden states [..., d]: the end of a speech span -> [...]."""
+        end = self.tokenizer.token_id("</audio>")
+        return self.lm_head(h).float().softmax(-1)[..., end]
+
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Diffusion loss on generated latent positions + weighted cross-entropy on text positions.
+        """Diffusion loss per modality on generated latent positions + weighted cross-entropy on text
+        positions (with, inside speech spans, the text head's "no `</audio>` yet" at every latent that
+        another latent follows).
 
         Latents that are read (understanding: `Latent(..., target=False)`) are inputs only."""
         h, _ = self(batch)  # [B, T, d]
         h, nxt = h[:, :-1], slice(1, None)
         both_valid = batch.valid[:, :-1] & batch.valid[:, nxt]
-        latent_next = both_valid & batch.latent_target[:, nxt]  # [B, T-1]
+        total, logs = h.sum() * 0, {}
+        for m in self.config.modalities:
+            latent_next = both_valid & batch.latent_target[:, nxt] & (batch.modality[:, nxt] == MODALITY_INDEX[m])
+            head = self.diffusion_head(m)
+            targets = batch.latents[:, nxt][latent_next][:, : head.latent_dim]  # [N_m, D_m]
+            diff = head.loss(targets, h[latent_next]) if targets.numel() else h.sum() * 0
+            total = total + diff
+            logs["diffusion" if m == "image" else f"diffusion_{m}"] = diff.item()
         text_next = both_valid & ~batch.is_latent[:, nxt]
-        targets = batch.latents[:, nxt][latent_next]  # [N_lat, D]
-        diff = self.diffusion.loss(targets, h[latent_next]) if targets.numel() else h.sum() * 0
         logits = self.lm_head(h[text_next])  # [N_text, V]
         ce = F.cross_entropy(logits, batch.ids[:, nxt][text_next]) if logits.numel() else h.sum() * 0
-        total = diff + self.config.text_loss_weight * ce
-        return total, {"diffusion": diff.item(), "text_ce": ce.item()}
+        go_on = both_valid & (batch.audio_stop[:, :-1] == 0)  # a latent follows: p(</audio>) should be low
+        if go_on.any():
+            ce = ce + self._continue_loss(h[go_on])
+        total = total + self.config.text_loss_weight * ce
+        return total, logs | {"text_ce": ce.item()}
+
+    def _continue_loss(self, h: Tensor) -> Tensor:
+        """-log(1 - p(`</audio>`)) at positions [N, d] that another audio latent follows (as -log(-expm1(log p)):
+        exact for p near 0, where the model mostly is)."""
+        log_p = self.lm_head(h).float().log_softmax(-1)[:, self.tokenizer.token_id("</audio>")]  # [N]
+        one_minus_p = (-torch.expm1(log_p)).clamp_min(1e-12)
+        return -torch.log(one_minus_p).mean()
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -6,6 +6,12 @@ its caption is generated (`target=True`: the diffusion head learns it), a span b
 read (`target=False`: an input only, no diffusion loss). Flattened, every position holds either a
 token id or a latent vector; `collate` left-pads a list of sequences into one `Batch`, so that all
 rows end together and decoding continues every row at the same step.
+
+Modalities differ in latent width (image 16, audio 32): a batch's latent tensor is as wide as the
+widest, narrower latents are zero-padded, and `Batch.modality` says which projection and diffusion
+head a position belongs to. An image span has a fixed length; an audio span ends when the model says
+so, so every position from `<audio>` to the span's last latent carries a stop label (`audio_stop`: 0
+= another latent follows, 1 = `</audio>` follows) for the text head to learn the end.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from torch import Tensor
 
 Modality = Literal["image", "audio"]
 SPAN_MARKERS: dict[str, tuple[str, str]] = {"image": ("<image>", "</image>"), "audio": ("<audio>", "</audio>")}
+MODALITY_INDEX: dict[str, int] = {"image": 0, "audio": 1}  # Batch.modality; -1 at text positions
 
 
 @dataclass
@@ -43,9 +50,11 @@ class Batch:
     slot: Tensor  # [B, T] long; at a position whose NEXT element is a latent: that latent's index in its span, else -1
     valid: Tensor  # [B, T] bool; False at padding
     latent_target: Tensor  # [B, T] bool; latent positions the diffusion head learns (a subset of is_latent)
+    modality: Tensor  # [B, T] long; MODALITY_INDEX at latent positions, -1 elsewhere
+    audio_stop: Tensor  # [B, T] long; in an audio span: 1 if `</audio>` comes next, 0 if a latent does; else -1
 
     def to(self, device) -> "Batch":
-        fields = ("ids", "latents", "is_latent", "slot", "valid", "latent_target")
+        fields = ("ids", "latents", "is_latent", "slot", "valid", "latent_target", "modality", "audio_stop")
         return Batch(*(getattr(self, f).to(device) for f in fields))
 
 
@@ -64,32 +73,44 @@ class _Flat:
         self.is_latent: list[bool] = []
         self.slot: list[int] = []
         self.target: list[bool] = []
+        self.modality: list[int] = []
+        self.stop: list[int] = []
+
+    def add_text(self, ids: list[int], latent_dim: int) -> None:
+        n = len(ids)
+        self.ids += ids
+        self.latents.append(torch.zeros(n, latent_dim))
+        self.is_latent += [False] * n
+        self.slot += [-1] * n
+        self.target += [False] * n
+        self.modality += [-1] * n
+        self.stop += [-1] * n
 
 
 def flatten(seq: Sequence, latent_dim: int, pad_id: int) -> _Flat:
-    """One sequence -> its positions (ids, latents [T, D], is_latent, slot, target)."""
+    """One sequence -> its positions (ids, latents [T, D], is_latent, slot, target, modality, stop)."""
     f = _Flat(latent_dim)
     for seg in seq:
         if isinstance(seg, Text):
-            n = len(seg.ids)
-            f.ids += seg.ids
-            f.latents.append(torch.zeros(n, latent_dim))
-            f.is_latent += [False] * n
-            f.slot += [-1] * n
-            f.target += [False] * n
+            f.add_text(seg.ids, latent_dim)
             continue
-        n = seg.z.shape[0]
-        if seg.z.ndim != 2 or seg.z.shape[1] != latent_dim:
-            raise ValueError(f"latent segment must be [N, {latent_dim}], got {list(seg.z.shape)}")
-        if f.slot:
-            f.slot[-1] = 0  # the position before the span predicts latent 0
+        n, width = seg.z.shape[0], seg.z.shape[-1]
+        if seg.z.ndim != 2 or width > latent_dim:
+            raise ValueError(f"latent segment must be [N, <= {latent_dim}], got {list(seg.z.shape)}")
+        audio = seg.modality == "audio"
+        if f.slot and not audio:
+            f.slot[-1] = 0  # the position before an image span predicts its latent 0
+        if audio and f.stop:
+            f.stop[-1] = 0  # `<audio>` (or the voice prompt's last latent) is followed by a latent
         if n == 0:  # an open span, to be generated: only the slot of its first latent is set
             continue
         f.ids += [pad_id] * n
-        f.latents.append(seg.z.float())
+        f.latents.append(torch.nn.functional.pad(seg.z.float(), (0, latent_dim - width)))
         f.is_latent += [True] * n
-        f.slot += list(range(1, n)) + [-1]
+        f.slot += [-1] * n if audio else list(range(1, n)) + [-1]
         f.target += [seg.target] * n
+        f.modality += [MODALITY_INDEX[seg.modality]] * n
+        f.stop += [0] * (n - 1) + [1] if audio else [-1] * n
     return f
 
 
@@ -104,6 +125,8 @@ def collate(seqs: list[Sequence], latent_dim: int, pad_id: int) -> Batch:
     slot = torch.full((b, t), -1, dtype=torch.long)
     valid = torch.zeros(b, t, dtype=torch.bool)
     target = torch.zeros(b, t, dtype=torch.bool)
+    modality = torch.full((b, t), -1, dtype=torch.long)
+    stop = torch.full((b, t), -1, dtype=torch.long)
     for i, f in enumerate(flat):
         n = len(f.ids)
         ids[i, t - n:] = torch.tensor(f.ids, dtype=torch.long)
@@ -112,4 +135,6 @@ def collate(seqs: list[Sequence], latent_dim: int, pad_id: int) -> Batch:
         slot[i, t - n:] = torch.tensor(f.slot, dtype=torch.long)
         valid[i, t - n:] = True
         target[i, t - n:] = torch.tensor(f.target, dtype=torch.bool)
-    return Batch(ids, latents, is_latent, slot, valid, target)
+        modality[i, t - n:] = torch.tensor(f.modality, dtype=torch.long)
+        stop[i, t - n:] = torch.tensor(f.stop, dtype=torch.long)
+    return Batch(ids, latents, is_latent, slot, valid, target, modality, stop)

@@ -31,7 +31,7 @@ def generate_text(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int
 
 def _greedy(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int) -> list[list[int]]:
     tok = model.tokenizer
-    batch = collate(prefixes, model.config.latent_dim, tok.pad_id)
+    batch = collate(prefixes, model.config.latent_width, tok.pad_id)
     h, state = model(batch)  # [B, T, d]
     b = len(prefixes)
     out: list[list[int]] = [[] for _ in range(b)]
@@ -51,6 +51,6 @@ def _greedy(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int) -> l
 def _embed_tokens(model: LatentLM, ids: Tensor) -> Tensor:
     """[B] token ids -> [B, 1, d_model] inputs of one decoding step."""
     ids = ids[:, None]  # [B, 1]
-    zeros = torch.zeros(ids.shape[0], 1, model.config.latent_dim)
+    zeros = torch.zeros(ids.shape[0], 1, model.config.latent_width)
     no = torch.zeros_like(ids, dtype=torch.bool)
     return model.embed_inputs(ids, zeros, no, torch.full_like(ids, -1))

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from latentlm.data.tasks import CAPTION_PROMPTS, GROUNDED_CAPTION_PROMPT, ground_prompt
 from latentlm.errors import PromptError
+from latentlm.grounding import parse_grounded
 from latentlm.model import LatentLM
 from latentlm.sequence import Text, frame
 from latentlm.text_generation import DEFAULT_MAX_NEW_TOKENS, generate_text
@@ -37,11 +38,17 @@ def complete(model: LatentLM, pixels: Tensor, prompts: list[str], max_new_tokens
     return [tok.decode(ids).strip() for ids in generate_text(model, prefixes, max_new_tokens)]
 
 
-def caption(model: LatentLM, pixels: Tensor, grounded: bool = False) -> list[str]:
-    """A caption per picture; `grounded=True` gives Kosmos-2 text with a box per object phrase."""
-    prompt = GROUNDED_CAPTION_PROMPT if grounded else CAPTION_PROMPTS[0]
-    out = complete(model, pixels, [prompt] * pixels.shape[0])
-    return [GROUNDED_CAPTION_PROMPT + text for text in out] if grounded else out
+def caption(model: LatentLM, pixels: Tensor, grounded: bool = False, via_boxes: bool = True) -> list[str]:
+    """A caption per picture; `grounded=True` gives Kosmos-2 text with a box per object phrase.
+
+    With `via_boxes` (the default) a plain caption is the grounded caption without its tags: the model
+    writes each object's box before the words that follow it, and with the boxes in its context it names
+    the relation right far more often (val split, stage-4 model: two-object captions 92% this way, 66%
+    from the plain caption prompt; BENCHMARKS.md). `via_boxes=False` uses the plain caption prompt."""
+    if not grounded and not via_boxes:
+        return complete(model, pixels, [CAPTION_PROMPTS[0]] * pixels.shape[0])
+    out = complete(model, pixels, [GROUNDED_CAPTION_PROMPT] * pixels.shape[0])
+    return [GROUNDED_CAPTION_PROMPT + text for text in out] if grounded else [parse_grounded(t).text for t in out]
 
 
 def ask(model: LatentLM, pixels: Tensor, questions: list[str]) -> list[str]:

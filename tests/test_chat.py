@@ -12,8 +12,10 @@ from PIL import Image
 from latentlm.cli.chat import Chat, find_attachments
 from latentlm.cli.main import cli
 from latentlm.errors import LatentLMError
-from latentlm.workflows.planner import plan
-from latentlm.workflows.result import Result
+from latentlm.workflows.ask import TextOutputs
+from latentlm.workflows.ground import GroundedOutputs
+from latentlm.workflows.session import Session
+from latentlm.workflows.text_to_image import ImageOutputs
 
 
 def after(lines: list[str], prompt_line: str) -> list[str]:
@@ -27,7 +29,10 @@ def after(lines: list[str], prompt_line: str) -> list[str]:
     return out
 
 
-def test_a_whole_conversation(tiny_model_dir, tmp_path):
+def test_a_whole_conversation(tiny_model_dir, tmp_path, monkeypatch):
+    from latentlm.workflows.registry import REGISTRY
+
+    monkeypatch.delitem(REGISTRY, "text-to-speech", raising=False)  # as a release without speech: "say" is refused
     out_dir, save_dir, scene = tmp_path / "chat", tmp_path / "saved" / "last", tmp_path / "scene.png"
     Image.new("RGB", (96, 80), "white").save(scene)
     script = "\n".join([
@@ -103,23 +108,26 @@ def test_a_whole_conversation(tiny_model_dir, tmp_path):
 
 
 # ---- the loop on a stub session (no model) ----------------------------------------------------------
-class StubSession:
-    """Plans like the real Session; 'interrupt' raises KeyboardInterrupt mid-step."""
+class StubSession(Session):
+    """The real Session (planner, memory, step records) with stub workflows instead of a model; a prompt
+    with 'interrupt' raises KeyboardInterrupt mid-step. `calls` holds each workflow and its arguments."""
 
     def __init__(self):
-        self.seed, self.steps, self.cfg_scale, self.temperature = 0, 20, 2.0, 0.85
-        self.calls = []
+        super().__init__("no-model-loaded")
+        self.calls, self.outputs = [], []
 
-    def run(self, request, image=None, seed=None):
-        the_plan = plan(request, has_image=image is not None)
-        if "interrupt" in request:
+    def _run_workflow(self, workflow, args):
+        if "interrupt" in str(args.get("prompt", "")):
             raise KeyboardInterrupt
-        self.calls.append((request, image))
-        step = the_plan.steps[0]
-        if step.workflow == "text-to-image":
-            return Result(images=[Image.new("RGB", (64, 64), "red")], plan=the_plan, seed=self.seed,
-                          steps=[{"workflow": step.workflow}])
-        return Result(text=f"{step.workflow} answer", plan=the_plan, steps=[{"workflow": step.workflow}])
+        self.calls.append((workflow, dict(args)))
+        if workflow == "text-to-image":
+            out = ImageOutputs(image=Image.new("RGB", (64, 64), "red"))
+        elif workflow in ("caption", "ground"):
+            out = GroundedOutputs(text=f"{workflow} answer")
+        else:
+            out = TextOutputs(text=f"{workflow} answer")
+        self.outputs.append(out)
+        return out
 
 
 def converse(tmp_path, *inputs) -> tuple[Chat, list[str]]:
@@ -145,8 +153,10 @@ def converse(tmp_path, *inputs) -> tuple[Chat, list[str]]:
 def test_ctrl_c_stops_the_step_not_the_session(tmp_path):
     chat, lines = converse(tmp_path, "draw an interrupt", "draw a red circle", "describe it")
     assert "interrupted: the step was stopped; the conversation goes on" in lines
-    assert [c[0] for c in chat.session.calls] == ["draw a red circle", "describe it"]
-    assert chat.session.calls[1][1] is chat.picture  # the follow-up is about the drawing
+    assert [(w, a.get("prompt")) for w, a in chat.session.calls] == [("text-to-image", "a red circle"),
+                                                                     ("caption", None)]
+    assert chat.session.calls[1][1]["image"] is chat.picture  # the follow-up is about the drawing
+    assert chat.session.memory.prompt == "a red circle"
     assert lines[-1] == ">>> "  # EOF ends it after the last prompt
 
 
@@ -157,12 +167,17 @@ def test_ctrl_c_at_the_prompt_and_eof(tmp_path):
 
 
 def test_drawing_again_while_a_picture_is_held(tmp_path):
-    chat, lines = converse(tmp_path, "draw a red circle", "a blue square", "where is the square?", "/clear",
-                           "describe it")
-    assert [(r, i is None) for r, i in chat.session.calls] == [
-        ("draw a red circle", True), ("a blue square", True), ("where is the square?", False)]
-    assert lines[-2].startswith("error: 'describe it' is about a picture, and there is none yet")
+    chat, lines = converse(tmp_path, "draw a red circle", "a blue square", "where is the square?", "now make it green",
+                           "/clear", "describe it")
+    calls = chat.session.calls
+    assert [(w, a.get("prompt"), a.get("phrase")) for w, a in calls] == [
+        ("text-to-image", "a red circle", None), ("text-to-image", "a blue square", None),
+        ("ground", None, "the square"), ("text-to-image", "a green square", None)]
+    assert calls[2][1]["image"] is chat.session.outputs[1].image  # about the second drawing, read from memory
+    assert lines[-2].startswith("error: 'describe it' is about a picture, and there is no earlier picture")
+    assert chat.picture is None and chat.picture_path is None
     assert (tmp_path / "chat" / "002-a-blue-square.png").is_file()
+    assert (tmp_path / "chat" / "004-now-make-it-green.png").is_file()
 
 
 def test_commands_and_their_errors(tmp_path):
@@ -173,7 +188,8 @@ def test_commands_and_their_errors(tmp_path):
     assert "error: use /set seed N, e.g. /set seed 42" in lines
     assert "error: unknown command /nope; /help lists the commands" in lines
     assert any("/save DIR" in line for line in lines) and "last: none" in lines
-    assert chat.session.calls == [("one line", None)]  # a fenced line is one message
+    assert chat.session.calls == [("text-to-image", {"prompt": "one line", "seed": 0})]  # a fenced line is one message
+    assert any(line.startswith("warning: 'one line' has words the model never saw") for line in lines)
     assert lines[-1] == 'error: the input ended inside a """ block; that message was not sent'
 
 

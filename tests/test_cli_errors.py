@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 import tempfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -205,3 +207,56 @@ def test_bad_sampling_settings_name_the_argument(no_model, kwargs, message):
 
 def test_the_cli_module_has_one_writer():
     assert not hasattr(cli_main, "_atomic_save_png")  # generate and ground --draw both use save_picture
+
+
+# ---- prompts outside what the model knows ------------------------------------------------------------
+@pytest.mark.parametrize("prompt,words", [
+    ("a cat sitting on a mat", "'cat', 'sitting', 'on', 'mat'"),
+    ("a circle that is red", "'that', 'is'"),
+    ("a green square and a yellow circle", "joins two objects with 'and'"),
+])
+def test_strict_refuses_before_the_model(capsys, no_model, tmp_path, prompt, words):
+    line = user_error(capsys, "generate", "--prompt", prompt, "--strict", "-o", str(tmp_path / "x.png"))
+    assert words in line and "strict: nothing was run" in line and not (tmp_path / "x.png").exists()
+    line = user_error(capsys, "run", f"draw {prompt}", "--strict", "--dry-run")
+    assert words in line
+
+
+def test_generate_warns_on_stderr_and_still_draws(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "cat.png"
+    main(["generate", "--prompt", "a cat sitting on a mat", "--steps", "2", "--model", str(tiny_model_dir), "-o",
+          str(out)])
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out) and out.is_file()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("warning: 'a cat sitting on a mat' has words the model never saw in training ('cat', "
+                           "'sitting', 'on', 'mat')")
+    main(["generate", "--prompt", "a red circle", "--steps", "2", "--model", str(tiny_model_dir), "-o", str(out)])
+    assert capsys.readouterr().err == ""
+
+
+def test_run_dry_run_prints_the_warning_and_the_plan(capsys, no_model):
+    main(["run", "draw a circle that is red and describe it", "--dry-run"])
+    captured = capsys.readouterr()
+    assert [s["workflow"] for s in json.loads(captured.out)["steps"]] == ["text-to-image", "caption"]
+    (line,) = captured.err.splitlines()
+    assert line.startswith("warning: 'a circle that is red' has words the model never saw")
+
+
+def test_ask_and_ground_warn_and_strict(capsys, no_model, scene):
+    line = user_error(capsys, "ask", str(scene), "what colour is the cat?", "--strict")
+    assert "the question 'what colour is the cat?' has words the model never saw in training ('cat')" in line
+    line = user_error(capsys, "ground", str(scene), "the big circle", "--strict")
+    assert "('big')" in line
+
+
+def test_help_says_what_the_model_understands(capsys):
+    from latentlm.vocabulary import COLOURS, RELATIONS, SHAPES
+
+    main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for word in (*COLOURS, *SHAPES, *RELATIONS, "small and large", "--strict"):
+        assert word in text, word
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    for word in (*COLOURS, *SHAPES, *RELATIONS, "--strict", "Result.warnings"):
+        assert word in readme, word

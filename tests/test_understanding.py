@@ -197,10 +197,10 @@ def test_bad_questions_are_clear_errors(model):
     ("how many shapes are there?", "ask", {"question": "how many shapes are there?"}),
 ])
 def test_requests_about_a_picture_are_routed(request_, workflow, args):
-    from latentlm.workflows.planner import plan
+    from latentlm.workflows.planner import Given, plan
 
     step = plan(request_, has_image=True).steps[0]
-    assert (step.workflow, step.args) == (workflow, args)
+    assert (step.workflow, step.args) == (workflow, {"image": Given("image"), **args})
 
 
 def test_a_question_without_a_picture_asks_for_one():

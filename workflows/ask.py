@@ -4,6 +4,7 @@ from __future__ import annotations
 from PIL import Image
 
 from latentlm.understanding import ask as ask_pictures
+from latentlm.vocabulary import question_notes
 from latentlm.workflows.ground import model_pixels
 from latentlm.workflows.registry import Fields, Picture, Words, Workflow, register
 
@@ -23,6 +24,10 @@ class Ask(Workflow):
     description = "Answer a question about a picture, e.g. 'what colour is the circle?'."
     Inputs = AskInputs
     Outputs = TextOutputs
+
+    def notes(self, arguments: dict) -> list[str]:
+        value = arguments.get("question")
+        return question_notes(value) if isinstance(value, str) else []
 
     def run(self, session, image: Image.Image, question: str) -> TextOutputs:
         return TextOutputs(text=ask_pictures(session.model, model_pixels(session.model, image), [question])[0])

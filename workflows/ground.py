@@ -14,6 +14,7 @@ from latentlm.grounding import parse_grounded, scale_box
 from latentlm.images import fit
 from latentlm.model import LatentLM
 from latentlm.understanding import ground as ground_phrases
+from latentlm.vocabulary import phrase_notes
 from latentlm.workflows.registry import Fields, Picture, Words, Workflow, register
 from latentlm.workflows.result import Entity
 
@@ -64,6 +65,10 @@ class Ground(Workflow):
     description = "Find a phrase in a picture: its box in the picture's pixels (Kosmos-2 grounding)."
     Inputs = GroundInputs
     Outputs = GroundedOutputs
+
+    def notes(self, arguments: dict) -> list[str]:
+        value = arguments.get("phrase")
+        return phrase_notes(value) if isinstance(value, str) else []
 
     def run(self, session, image: Image.Image, phrase: str) -> GroundedOutputs:
         kosmos = ground_phrases(session.model, model_pixels(session.model, image), [phrase])[0]

@@ -81,15 +81,27 @@ class Workflow(ABC):
             raise WorkflowDefinitionError(f"workflow {self.name!r} returned {type(out).__name__}, not its Outputs")
         return out
 
+    def notes(self, arguments: dict[str, Any]) -> list[str]:
+        """What the model may not understand in these (literal) arguments: words or forms it never saw in
+        training, one line each; [] when there is nothing to say. The Session warns with them, or refuses
+        under `strict=True`, before running anything."""
+        return []
+
     @classmethod
     def signature(cls) -> str:
         """`name(arg: type = default, ...)` for listings."""
         args = []
+        pictures = picture_fields(cls)
         for name, f in cls.Inputs.model_fields.items():
-            is_picture = any(getattr(m, "func", None) is load_image for m in f.metadata)
-            kind = "image" if is_picture else getattr(f.annotation, "__name__", str(f.annotation))
+            kind = "image" if name in pictures else getattr(f.annotation, "__name__", str(f.annotation))
             args.append(f"{name}: {kind}" + ("" if f.is_required() else f" = {f.default!r}"))
         return f"{cls.name}({', '.join(args)})"
+
+
+def picture_fields(workflow: Workflow | type[Workflow]) -> tuple[str, ...]:
+    """The names of a workflow's picture inputs (the fields typed `Picture`)."""
+    return tuple(name for name, f in workflow.Inputs.model_fields.items()
+                 if any(getattr(m, "func", None) is load_image for m in f.metadata))
 
 
 REGISTRY: dict[str, Workflow] = {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 
@@ -50,7 +51,7 @@ class Result:
     def _present(self) -> list[tuple[str, Any]]:
         out = [(f.name, getattr(self, f.name)) for f in fields(self)]
         out.insert(3, ("image", self.image))
-        return [(k, v) for k, v in out if v is not None and v != []]
+        return [(k, v) for k, v in out if v is not None and not (isinstance(v, list) and not v)]
 
     def __getitem__(self, key: str | int) -> Any:
         present = self._present()
@@ -85,7 +86,8 @@ class Result:
         return out
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write pictures (PNG), text and `manifest.json` into `directory`; returns the manifest's path."""
+        """Write pictures (PNG), text, audio (16-bit WAV) and `manifest.json` into `directory`; returns the
+        manifest's path."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         manifest = self.to_dict()
@@ -97,6 +99,13 @@ class Result:
             manifest["images"] = names
         if self.text is not None:
             atomic_write(d / "text.txt", lambda f: f.write((self.text + "\n").encode()))
+        if self.audio is not None:
+            import soundfile
+
+            manifest["audio"] = "audio.wav"
+            wave = np.clip(np.asarray(self.audio, dtype=np.float32), -1, 1)
+            atomic_write(d / "audio.wav", lambda f: soundfile.write(f, wave, self.sample_rate, format="WAV",
+                                                                    subtype="PCM_16"))
         atomic_write(d / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
         return d / "manifest.json"
 

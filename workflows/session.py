@@ -1,27 +1,50 @@
 """`Session`: the agent-style entry point.
 
     Session().run("draw a red circle", seed=0).image
+    Session().run("draw a red circle and describe it", seed=0).text      # two steps
     Session().run("where is the blue square?", image="scene.png").boxes
     Session().caption("scene.png", grounded=True).entities
+    Session().speak("a red circle above a blue square").audio
 
-`run` plans the request into workflow steps (`plan`), then executes them. The explicit methods
-(`draw`, `caption`, `ask`, `ground`) call one workflow each.
+`run` plans the request into workflow steps (`plan`), checks them, then executes them; a step's
+argument may be an earlier step's output (`Ref`). The explicit methods (`draw`, `caption`, `ask`,
+`ground`) call one workflow each.
+
+Memory. A Session remembers its last picture (the last drawn, or the last one passed in), the
+description that picture was drawn from, and the last text output, so that follow-ups work:
+"now make it green", "where is the circle?", "describe it", "say that" (see `workflows/planner.py`).
+`forget()` clears it; `attach(image)` makes a picture the one follow-ups are about.
+
+Seeds. Step i of a run uses `step_seed(seed, i)`: step 0 the run's seed itself (so a one-step run
+draws exactly what `draw(prompt, seed)` draws), step i > 0 the first 8 bytes of
+sha256(f"{seed}:{i}") as a big-endian integer with the top bit cleared, in [0, 2**63 - 1]. Each
+step's seed is recorded in `Result.steps`; the same seed gives byte-identical outputs.
+
+What the model knows. Before any step runs, the literal arguments are checked against what the model
+was trained on (`Workflow.notes`, from `latentlm.vocabulary`): each problem becomes a line of
+`Result.warnings`, or, with `strict=True`, a `PromptError` before any model work.
 """
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from latentlm.errors import LatentLMError
-from latentlm.images import ImageInput
+from PIL import Image
+
+from latentlm.errors import LatentLMError, PromptError
+from latentlm.images import ImageInput, load_image
 from latentlm.model import LatentLM
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 from latentlm.workflows import builtin  # noqa: F401 - registers the built-in workflows
-from latentlm.workflows.planner import Plan, plan
-from latentlm.workflows.registry import Fields, get
+from latentlm.workflows.planner import LATER, Given, History, Plan, Ref, Remembered, Step, plan, shown
+from latentlm.workflows.registry import Fields, get, picture_fields
 from latentlm.workflows.result import Result
 
 DEFAULT_MODEL = "shapes-tiny"
 MAX_SEED = 2**63 - 1
+DRAWING = "text-to-image"
 
 
 def check_seed(seed: object, name: str = "seed") -> int:
@@ -32,14 +55,38 @@ def check_seed(seed: object, name: str = "seed") -> int:
     return seed
 
 
+def step_seed(seed: int, index: int) -> int:
+    """The seed of step `index` of a run with `seed` (see the module doc)."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & MAX_SEED
+
+
+@dataclass
+class Memory:
+    """What a Session remembers between requests."""
+
+    picture: Image.Image | None = None
+    prompt: str | None = None  # the description `picture` was drawn from; None for a picture passed in
+    text: str | None = None  # the last text output
+
+    def history(self) -> History:
+        return History(picture=self.picture is not None, prompt=self.prompt, text=self.text)
+
+
 class Session:
     """Holds a loaded model and runs requests through the planner and the workflows."""
 
     def __init__(
         self, model: str | LatentLM = DEFAULT_MODEL, seed: int | None = None, progress: bool = False,
         steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, temperature: float = DEFAULT_TEMPERATURE,
+        strict: bool = False, backbone: str | None = None,
     ):
+        if not isinstance(model, (str, LatentLM)):
+            raise LatentLMError(f"model must be a name, a folder or a LatentLM, not {type(model).__name__}")
         self._model = model
+        self.backbone = backbone
         self.seed = 0 if seed is None else check_seed(seed)
         self.progress = progress
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -48,50 +95,117 @@ class Session:
             raise LatentLMError(f"cfg_scale={cfg_scale!r}: use a number >= 0 (1 = no guidance)")
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
             raise LatentLMError(f"temperature={temperature!r}: use a number > 0")
+        if not isinstance(strict, bool):
+            raise LatentLMError(f"strict={strict!r}: use True or False")
         self.steps, self.cfg_scale, self.temperature = steps, float(cfg_scale), float(temperature)
+        self.strict = strict
+        self.memory = Memory()
 
     @property
     def model(self) -> LatentLM:
         if not isinstance(self._model, LatentLM):
-            self._model = LatentLM.from_pretrained(self._model)  # loaded on first use
+            self._model = LatentLM.from_pretrained(self._model, backbone=self.backbone)  # loaded on first use
         return self._model
 
-    # ---- planned requests ------------------------------------------------------------------
+    # ---- memory ----------------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Forget the last picture, its description and the last text."""
+        self.memory = Memory()
+
+    def attach(self, image: ImageInput) -> Image.Image:
+        """Make `image` the picture follow-ups are about (as passing it to `run` does); returns it loaded."""
+        picture = load_image(image)
+        self.memory = Memory(picture=picture, prompt=None, text=self.memory.text)
+        return picture
+
+    # ---- planned requests ------------------------------------------------------------------------
     def plan(self, request: str, image: ImageInput | None = None) -> Plan:
         """The workflow steps `run` would execute for `request`, without running anything."""
-        return plan(request, has_image=image is not None)
+        return plan(request, has_image=image is not None, history=self.memory.history())
 
     def run(self, request: str, image: ImageInput | None = None, seed: int | None = None) -> Result:
-        """Plan `request`, then run its steps; the result records the plan and each step."""
-        the_plan = self.plan(request, image)
+        """Plan `request`, check it, then run its steps; the result holds every step's outputs and record."""
         seed = self.seed if seed is None else check_seed(seed)
-        result = Result()
-        for step in the_plan.steps:
-            args = dict(step.args)
-            if "image" in get(step.workflow).Inputs.model_fields:
-                args["image"] = image
+        the_plan = self.plan(request, image)
+        warnings = self.vet(the_plan.steps)
+        picture = self.attach(image) if image is not None else None
+        result = Result(plan=the_plan, seed=seed, warnings=warnings)
+        outputs: list[Fields] = []
+        for i, step in enumerate(the_plan.steps):
+            args = {k: self._resolve(v, picture, outputs) for k, v in step.args.items()}
+            shown_args = {k: shown(v) for k, v in step.args.items()}
             if "seed" in get(step.workflow).Inputs.model_fields:
-                args["seed"] = seed
-            result = self.call(step.workflow, **args)
-        result.plan = the_plan
+                args["seed"] = shown_args["seed"] = step_seed(seed, i)
+            outputs.append(self._step(result, step.workflow, args, shown_args))
         return result
 
+    def vet(self, steps) -> list[str]:
+        """Notes on the steps' literal arguments the model was not trained on; a `PromptError` if strict."""
+        notes = []
+        for step in steps:
+            literal = {k: v for k, v in step.args.items() if not isinstance(v, LATER)}
+            notes += get(step.workflow).notes(literal)
+        if notes and self.strict:
+            raise PromptError(" ".join(notes) + " (strict: nothing was run; without strict it runs with a warning)")
+        return notes
+
+    def _resolve(self, value: Any, picture: Image.Image | None, outputs: list[Fields]) -> Any:
+        if isinstance(value, Ref):
+            return getattr(outputs[value.step], value.field)
+        if isinstance(value, Given):
+            return picture
+        if isinstance(value, Remembered):
+            return getattr(self.memory, value.name)
+        return value
+
+    # ---- one workflow ----------------------------------------------------------------------------
     def call(self, workflow: str, **arguments) -> Result:
         """Run one registered workflow with its arguments; the result records the step."""
-        start = time.perf_counter()
-        outputs = get(workflow).call(self, arguments)
-        seconds = round(time.perf_counter() - start, 4)
-        result = to_result(outputs)
-        result.seed = arguments.get("seed")
-        inputs = {k: v for k, v in arguments.items() if k != "image"}
-        result.steps.append({"workflow": workflow, "inputs": inputs, "seed": result.seed, "seconds": seconds,
-                             "error": None})
+        wf = get(workflow)
+        result = Result(seed=arguments.get("seed"), warnings=self.vet([Step(workflow, arguments)]))
+        for name in picture_fields(wf):
+            if name in arguments and arguments[name] is not self.memory.picture:
+                arguments[name] = load_image(arguments[name])  # a bad picture fails here, before the model
+        shown_args = {k: "${{ inputs.%s }}" % k if isinstance(v, Image.Image) else v for k, v in arguments.items()}
+        self._step(result, workflow, arguments, shown_args)
         return result
+
+    def _step(self, result: Result, workflow: str, args: dict, shown_args: dict) -> Fields:
+        """Run one workflow, add its outputs and its record to `result`, remember what it made."""
+        record = {"workflow": workflow, "inputs": shown_args, "seed": args.get("seed"), "seconds": None,
+                  "outputs": None, "error": None}
+        result.steps.append(record)
+        start = time.perf_counter()
+        try:
+            outputs = self._run_workflow(workflow, args)
+        except LatentLMError as e:
+            record["seconds"] = round(time.perf_counter() - start, 4)
+            record["error"] = " ".join(str(e).split())
+            e.result = result  # the steps so far, for whoever catches it
+            raise
+        record["seconds"] = round(time.perf_counter() - start, 4)
+        record["outputs"] = absorb(result, outputs)
+        self._remember(workflow, args, outputs)
+        return outputs
+
+    def _run_workflow(self, workflow: str, args: dict) -> Fields:
+        return get(workflow).call(self, args)
+
+    def _remember(self, workflow: str, args: dict, outputs: Fields) -> None:
+        if workflow == DRAWING:
+            self.memory.picture, self.memory.prompt = outputs.image, " ".join(str(args["prompt"]).split())
+        else:
+            for name in picture_fields(get(workflow)):
+                if isinstance(args.get(name), Image.Image) and args[name] is not self.memory.picture:
+                    self.memory.picture, self.memory.prompt = args[name], None
+        text = getattr(outputs, "text", None)
+        if isinstance(text, str):
+            self.memory.text = text
 
     # ---- one workflow each --------------------------------------------------------------------
     def draw(self, prompt: str, seed: int | None = None) -> Result:
         """A picture of `prompt` (the text-to-image workflow)."""
-        return self.call("text-to-image", prompt=prompt, seed=self.seed if seed is None else check_seed(seed))
+        return self.call(DRAWING, prompt=prompt, seed=self.seed if seed is None else check_seed(seed))
 
     def caption(self, image: ImageInput, grounded: bool = False) -> Result:
         """A caption of `image`; with `grounded=True`, Kosmos-2 text with a box per object phrase."""
@@ -105,10 +219,47 @@ class Session:
         """Where `phrase` is in `image`: `.boxes` in its pixels, `.image` annotated."""
         return self.call("ground", image=image, phrase=phrase)
 
+    def speak(self, text: str, voice=None, voice_text: str | None = None, seed: int | None = None,
+              **sampling) -> Result:
+        """`text` spoken: `.audio` (float32, mono) at `.sample_rate`. `voice` (a sound file or a (wave, rate)
+        pair) is a few seconds of a speaker to continue in, with `voice_text` the words said in it;
+        `sampling`: steps, cfg_scale, temperature (speech has its own defaults, `latentlm.speech`)."""
+        return self.call("text-to-speech", text=text, voice=voice, voice_text=voice_text,
+                         seed=self.seed if seed is None else check_seed(seed), **sampling)
+
+
+def absorb(result: Result, outputs: Fields) -> dict:
+    """Add a workflow's outputs to `result` (pictures appended to `images`, other fields set); returns the
+    step's outputs as JSON-able values, pictures by the file name `Result.save` gives them."""
+    summary: dict[str, Any] = {}
+    for name in type(outputs).model_fields:
+        value = getattr(outputs, name)
+        if value is None:
+            continue
+        if name == "image":
+            result.images = [*(result.images or []), value]
+            summary[name] = f"image_{len(result.images) - 1}.png"
+            continue
+        if name in Result.__dataclass_fields__:
+            setattr(result, name, value)
+        summary[name] = _jsonable(value)
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "shape"):  # a waveform or another array: its size, not its values
+        return {"shape": [int(n) for n in value.shape]}
+    return f"<{type(value).__name__}>"
+
 
 def to_result(outputs: Fields) -> Result:
     """A workflow's outputs as the fields of a Result (`image` becomes `images=[image]`)."""
-    values = {k: getattr(outputs, k) for k in type(outputs).model_fields}
-    image = values.pop("image", None)
-    return Result(images=[image] if image is not None else None,
-                  **{k: v for k, v in values.items() if v is not None})
+    result = Result()
+    absorb(result, outputs)
+    return result

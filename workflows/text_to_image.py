@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import Field
 
 from latentlm.generation import generate_images
+from latentlm.vocabulary import drawing_notes
 from latentlm.workflows.registry import Fields, Words, Workflow, register
 
 
@@ -24,6 +25,10 @@ class TextToImage(Workflow):
     description = "Draw a picture of a description, e.g. 'a red circle above a blue square'."
     Inputs = TextToImageInputs
     Outputs = ImageOutputs
+
+    def notes(self, arguments: dict) -> list[str]:
+        value = arguments.get("prompt")
+        return drawing_notes(value) if isinstance(value, str) else []
 
     def run(self, session, prompt: str, seed: int) -> ImageOutputs:
         image = generate_images(session.model, [prompt], steps=session.steps, cfg_scale=session.cfg_scale, seed=seed,

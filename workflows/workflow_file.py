@@ -85,8 +85,9 @@ class FileError:
     what: str
 
     def format(self, source: str) -> str:
+        """One line: line breaks and other unprintable characters (also in the file's name) escaped."""
         text = f"{source}:{self.line}:{self.col}: {self.where}: {self.what}"
-        return text.replace("\r", "\\r").replace("\n", "\\n")
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class WorkflowFileError(LatentLMError):
@@ -886,6 +887,8 @@ def read_workflow_text(path: str | Path) -> tuple[str | None, list[FileError]]:
         return None, [FileError(1, 1, "<file>", "no such file; give the path of a workflow YAML file")]
     except IsADirectoryError:
         return None, [FileError(1, 1, "<file>", "is a folder; give the path of a workflow YAML file")]
+    except ValueError:  # a NUL character in the path
+        return None, [FileError(1, 1, "<file>", "not a usable path (it holds a NUL character)")]
     except OSError as e:
         return None, [FileError(1, 1, "<file>", f"cannot read it ({e.strerror or type(e).__name__})")]
     try:

@@ -78,6 +78,27 @@ def eval_audio_codec(
     return out | codec_rates(codec)
 
 
+@torch.no_grad()
+def round_trip_intelligibility(codec: nn.Module, n: int = 60, split: str = "test") -> dict:
+    """Shapes sentences among the first `n` items of `split`, recognised exactly under the shapes grammar
+    (pocketsphinx), from the originals and from codec.reconstruct of them."""
+    from latentlm.data.speech import speech_item, speech_text
+    from latentlm.evaluation.speech_metrics import Recognizer
+
+    heard = Recognizer(grammar=True)
+    codec.eval()
+    ok, ok_round = [], []
+    for i in range(n):
+        text, source = speech_text(split, i)
+        if source != "shapes":
+            continue
+        wav = torch.from_numpy(speech_item(split, i)[2])
+        ok.append(heard(wav.numpy()) == text)
+        ok_round.append(heard(codec.reconstruct(wav[None])[0].clamp(-1, 1).numpy()) == text)
+    return {"n_shapes": len(ok), "grammar_exact_original": sum(ok) / len(ok),
+            "grammar_exact_round_trip": sum(ok_round) / len(ok_round)}
+
+
 def compare_audio_codecs(codecs: Mapping[str, nn.Module], n: int = 64, split: str = "test") -> dict[str, dict]:
     """`eval_audio_codec` of each named codec on the same synthesised utterances."""
     waves = speech_waves(n, split)
@@ -95,4 +116,5 @@ def format_comparison(results: Mapping[str, dict]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["codec_rates", "compare_audio_codecs", "eval_audio_codec", "format_comparison", "speech_waves"]
+__all__ = ["codec_rates", "compare_audio_codecs", "eval_audio_codec", "format_comparison", "round_trip_intelligibility",
+           "speech_waves"]

@@ -69,13 +69,15 @@ def _rate(flags: list[bool]) -> float | None:
 
 @torch.no_grad()
 def eval_caption(model: LatentLM, n: int = 200, split: str = "test", batch_size: int = 50,
-                 progress: bool = True, render: Callable = render_scenes) -> dict:
-    """Share of captions that name every object's colour and shape (size where stated) and the relation."""
+                 progress: bool = True, render: Callable = render_scenes, via_boxes: bool = True) -> dict:
+    """Share of captions that name every object's colour and shape (size where stated) and the relation.
+
+    `via_boxes`: as `understanding.caption` (the default route, or the plain caption prompt)."""
     items = scenes(split, n)
     ok: dict[str, list[bool]] = defaultdict(list)
     failures = []
     for chunk in _batches(items, batch_size, "eval caption", progress):
-        texts = caption(model, render(chunk))
+        texts = caption(model, render(chunk), via_boxes=via_boxes)
         for scene, text in zip(chunk, texts):
             kind = "single" if len(scene.objects) == 1 else "pair"
             ok[kind].append(caption_is_right(text, scene))

@@ -52,6 +52,11 @@ class CodecTrainConfig(BaseModel):
     train: OptimConfig = OptimConfig()
     stats_images: int = Field(512, ge=16)  # images used to measure the latent scale and bias
     stats_utterances: int = Field(256, ge=1)  # utterances used to measure the audio sigma-VAE's latent stats
+    # Audio sigma-VAE: no sigma-noise for the first `noise_delay_steps`, then a linear ramp to full noise over
+    # `noise_warmup_steps`. From step 0 at full noise the decoder learns to ignore z for good; without noise a
+    # SEANet autoencoder starts to use z after ~200 steps (measured, tiny batch), then noise can come in.
+    noise_delay_steps: int = Field(0, ge=0)
+    noise_warmup_steps: int = Field(0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -162,11 +167,17 @@ class AudioCodecTask:
         return frames * hop
 
     def batch(self, step: int, batch_size: int) -> Tensor:
+        self.step = step  # the sigma warm-up of `loss` follows the step of the batch
         rng = np.random.default_rng([self.config.train.seed, step])
         return self.clips.crops(rng, batch_size, self.crop_length(rng))
 
     def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return model.loss(batch)
+        delay, warmup = self.config.noise_delay_steps, self.config.noise_warmup_steps
+        if self.config.kind != "audio_sigma_vae" or not (delay or warmup):
+            return model.loss(batch)
+        fraction = min(1.0, max(0, getattr(self, "step", 0) - delay) / max(1, warmup))
+        loss, logs = model.loss(batch, noise_fraction=fraction)
+        return loss, logs | {"noise_fraction": fraction}
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         model.eval()

@@ -1,8 +1,9 @@
 """`latentlm train`: train a LatentLM on a mixture of shapes-world tasks.
 
-Text-to-image (`caption <image> z </image>`: diffusion loss on z) and the understanding tasks of
-`latentlm.data.tasks` (`<image> mu </image> prompt answer`: text loss only) share one model. Each
-sequence of a batch draws its task by the config's weights.
+Text-to-image (`caption <image> z </image>`: diffusion loss on z), the understanding tasks of
+`latentlm.data.tasks` (`<image> mu </image> prompt answer`: text loss only) and, with an audio codec,
+text-to-speech (`latentlm.data.tts`: `text <audio> z </audio>`) share one model. Each sequence of a
+batch draws its task by the config's weights.
 
 The image codec is frozen: the posterior means of the training scenes are encoded once and cached.
 For generation each step draws the sigma-VAE noise afresh (z = mu + sigma * eps, sigma per sample),
@@ -15,7 +16,7 @@ import random
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -30,11 +31,12 @@ from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, collate, frame
 from latentlm.data.shapes import scene_for
 from latentlm.data.tasks import UNDERSTANDING_TASKS, draw_example
+from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
 from latentlm.training.trainer import OptimConfig, train
 
 
-TASKS = ("t2i", *UNDERSTANDING_TASKS)
+TASKS = ("t2i", *UNDERSTANDING_TASKS, "tts")
 
 
 class LMDataConfig(BaseModel):
@@ -42,6 +44,7 @@ class LMDataConfig(BaseModel):
     size_drop: float = Field(0.3, ge=0, le=1)  # drop "small"/"large" from single-object captions
     # Task -> weight in the mixture: "t2i" (text-to-image) and the understanding tasks.
     tasks: dict[str, float] = Field(default_factory=lambda: {"t2i": 1.0})
+    speech: TTSDataConfig = TTSDataConfig()  # used by the "tts" task
 
     @field_validator("tasks")
     @classmethod
@@ -57,6 +60,7 @@ class LMDataConfig(BaseModel):
 class LMTrainConfig(BaseModel):
     tokenizer: str  # path of tokenizer.model
     codec: str  # image codec checkpoint directory
+    audio_codec: str | None = None  # audio sigma-VAE checkpoint directory: needed by the "tts" task
     backbone: BackboneConfig = BackboneConfig()
     head: DiffusionHeadConfig = DiffusionHeadConfig()
     cfg_dropout: float = Field(0.1, ge=0, lt=1)
@@ -65,6 +69,13 @@ class LMTrainConfig(BaseModel):
     train: OptimConfig = OptimConfig()
     # A saved LatentLM (e.g. runs/x/final) whose weights start this run: a second, fine-tuning stage.
     init_from: str | None = None
+
+    @model_validator(mode="after")
+    def _speech_needs_a_codec(self) -> "LMTrainConfig":
+        if self.data.tasks.get("tts") and not self.audio_codec:
+            raise ValueError("the tts task needs an audio codec: set audio_codec to a trained audio sigma-VAE "
+                             "(latentlm train-codec latentlm/configs/speech-vae.yaml)")
+        return self
 
 
 def caption_variant(caption: str, rng: random.Random, size_drop: float) -> str:
@@ -89,19 +100,32 @@ class LatentLMTask:
         self.config = config
         self.tokenizer = TextTokenizer(config.tokenizer)
         self.codec = load_codec(config.codec)
+        self.audio_codec = load_codec(config.audio_codec) if config.audio_codec else None
+        codecs = {"image": self.codec} | ({"audio": self.audio_codec} if self.audio_codec else {})
         model_config = ModelConfig(
             vocab_size=self.tokenizer.vocab_size, latent_dim=self.codec.latent_dim,
+            audio_latent_dim=self.audio_codec.latent_dim if self.audio_codec else None,
             image_tokens=self.codec.tokens_per_image, max_slots=self.codec.tokens_per_image,
             backbone=config.backbone, head=config.head, cfg_dropout=config.cfg_dropout,
-            text_loss_weight=config.text_loss_weight,
+            text_loss_weight=config.text_loss_weight, codecs={m: f"{m}_codec" for m in codecs},
         )
-        self.model = LatentLM(model_config, self.tokenizer, {"image": self.codec})
+        self.model = LatentLM(model_config, self.tokenizer, codecs)
         if config.init_from:
             self._init_from(Path(config.init_from), model_config)
         self.mu = self._cached_means(Path(cache_dir) / "scene_means.pt")
         self.scenes = [scene_for("train", i) for i in range(config.data.n_train)]
         self.task_names = list(config.data.tasks)
         self.task_weights = [config.data.tasks[t] for t in self.task_names]
+        self.speech = self._speech_corpus(Path(cache_dir)) if config.data.tasks.get("tts") else None
+
+    def _speech_corpus(self, cache_dir: Path):
+        from latentlm.data.speech import VOICES
+
+        speech = self.config.data.speech
+        corpus = encode_corpus(self.audio_codec, speech.n_train, cache_dir)
+        max_frames = int(speech.max_prompt_seconds * self.audio_codec.frames_per_second)
+        corpus.index_prompts(max_frames, {v.name for v in VOICES if v.held_out})
+        return corpus
 
     def _init_from(self, directory: Path, model_config: ModelConfig) -> None:
         """Load a trained LatentLM's weights; its architecture must be the one this config builds.
@@ -110,6 +134,9 @@ class LatentLMTask:
         keep their weights and the new ones start fresh."""
         saved = ModelConfig.model_validate(read_config(directory))
         arch = {"latent_dim", "image_tokens", "max_slots", "backbone", "head"}
+        new_speech = model_config.audio_latent_dim and not saved.audio_latent_dim  # a speech head starts fresh
+        if not new_speech:
+            arch.add("audio_latent_dim")
         ours, theirs = model_config.model_dump(include=arch), saved.model_dump(include=arch)
         diff = sorted(k for k in arch if ours[k] != theirs[k])
         if saved.vocab_size > model_config.vocab_size:
@@ -119,7 +146,8 @@ class LatentLMTask:
                 f"init_from: {directory} holds a model whose {', '.join(diff)} differ from this config's; "
                 "start from a checkpoint of the same architecture (and tokenizer), or drop init_from"
             )
-        load_weights(self.model, directory, exclude=("codecs.",), grow_rows=("embed.weight", "lm_head.weight"))
+        load_weights(self.model, directory, exclude=("codecs.",), grow_rows=("embed.weight", "lm_head.weight"),
+                     new_parts=("audio_in.", "audio_diffusion.") if new_speech else ())
 
     def _cached_means(self, path: Path) -> Tensor:
         n = self.config.data.n_train
@@ -148,9 +176,18 @@ class LatentLMTask:
         sampled = self.codec.normalize(self.codec.perturb(mu, gen))  # generation targets
         means = self.codec.normalize(mu)  # pictures that are read
         tasks = rng.choices(self.task_names, self.task_weights, k=batch_size)
-        seqs = [self._sequence(task, self.scenes[i], sampled[j], means[j], rng)
+        seqs = [self._utterance(first + step * batch_size + j, rng, gen) if task == "tts"
+                else self._sequence(task, self.scenes[i], sampled[j], means[j], rng)
                 for j, (i, task) in enumerate(zip(idx.tolist(), tasks))]
-        return collate(seqs, self.codec.latent_dim, self.tokenizer.pad_id)
+        return collate(seqs, self.model.config.latent_width, self.tokenizer.pad_id)
+
+    def _utterance(self, k: int, rng: random.Random, gen: torch.Generator):
+        """A TTS example of utterance k mod n (its latents drawn afresh: z = mu + sigma * eps)."""
+        codec, speech = self.audio_codec, self.config.data.speech
+        i = k % len(self.speech)
+        target = codec.normalize(codec.perturb(self.speech.means[i][None], gen))[0]  # [T, D]
+        return tts_sequence(self.speech, i, target, codec.normalize, self.tokenizer, rng, self.config.cfg_dropout,
+                            speech.voice_prompt)
 
     def _sequence(self, task: str, scene, sampled: Tensor, means: Tensor, rng: random.Random):
         tok = self.tokenizer

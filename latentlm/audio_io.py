@@ -1,0 +1,75 @@
+"""Reading and writing sound files: mono float32 waves and their sample rate.
+
+`load_audio` takes a file path (WAV, FLAC, OGG: whatever libsndfile reads) or a `(wave, rate)` pair and
+gives a mono float32 wave; stereo is averaged. `save_audio` writes 16-bit PCM WAV (or FLAC) atomically.
+A missing, unreadable, empty or non-finite input is a `LatentLMError` naming it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from latentlm.errors import LatentLMError
+
+AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+AudioInput = "str | os.PathLike | tuple[np.ndarray, int]"
+
+
+def load_audio(source) -> tuple[np.ndarray, int]:
+    """A sound file path or a (wave, sample_rate) pair -> (mono float32 wave [T], sample_rate)."""
+    if isinstance(source, (str, os.PathLike)):
+        wav, rate = _read(Path(source))
+        name = str(source)
+    elif isinstance(source, tuple) and len(source) == 2:
+        wav, rate = np.asarray(source[0]), source[1]
+        name = "the audio array"
+    else:
+        raise LatentLMError(f"audio must be a file path or a (wave, sample_rate) pair, not {type(source).__name__}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise LatentLMError(f"{name}: the sample rate must be a positive integer, got {rate!r}")
+    if wav.ndim == 2:
+        wav = wav.mean(axis=1)  # [T, channels] -> mono
+    if wav.ndim != 1 or wav.size == 0:
+        raise LatentLMError(f"{name}: expected a mono wave [T] or [T, channels] with samples, got shape {list(wav.shape)}")
+    if not np.issubdtype(wav.dtype, np.number) or not np.isfinite(wav).all():
+        raise LatentLMError(f"{name}: the samples must be finite numbers")
+    return wav.astype(np.float32), int(rate)
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile
+
+    if not path.is_file():
+        raise LatentLMError(f"no such sound file: {path}")
+    try:
+        wav, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+    except (RuntimeError, soundfile.LibsndfileError) as e:
+        raise LatentLMError(f"{path} is not a sound file we can read ({e}); use WAV or FLAC") from None
+    return wav, rate
+
+
+def check_audio_path(path: str | os.PathLike, option: str = "--out") -> Path:
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in AUDIO_FORMATS:
+        raise LatentLMError(f"{option} {path}: unknown sound format {path.suffix or '(no suffix)'!r}; "
+                            f"use one of {', '.join(AUDIO_FORMATS)}")
+    return path
+
+
+def save_audio(wav: np.ndarray, sample_rate: int, out: str | os.PathLike) -> Path:
+    """Write `wav` (float in [-1, 1]) as 16-bit PCM in the format the suffix names, atomically."""
+    import soundfile
+
+    out = check_audio_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        soundfile.write(str(tmp), np.clip(np.asarray(wav, dtype=np.float32), -1, 1), sample_rate,
+                        subtype="PCM_16", format=AUDIO_FORMATS[out.suffix.lower()])
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out

@@ -1,0 +1,142 @@
+"""Text-to-speech by next-token diffusion: text -> audio latents (12.5 a second) -> a waveform.
+
+The conditional stream is `<s> TEXT <audio>`, the unconditional one `<s><audio>` (classifier-free
+guidance, as for pictures; both run as one batch with a KV cache). Each step the audio diffusion head
+samples one latent frame with DPM-Solver++, the frame is fed back to both streams, and the text head
+decides whether the span goes on: the span ends when p(`</audio>`) on the conditional stream passes
+the model's `audio_stop_threshold`, or at the hard cap of `max_audio_per_token` frames per text token.
+
+A voice prompt (VALL-E's zero-shot prompt) is a reference recording and its transcript: the stream
+becomes `<s> TRANSCRIPT TEXT <audio> p_1..p_K` with the recording's latent means p, and the model
+continues in that voice; the unconditional stream keeps the prompt's latents (`<s><audio> p_1..p_K`),
+so guidance strengthens the text, not the voice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latentlm.diffusion_head import tiny_op_threads
+from latentlm.errors import PromptError
+from latentlm.generation import ONE_THREAD_PICTURES, _check
+from latentlm.model import LatentLM
+from latentlm.sequence import MODALITY_INDEX, Latent, Text, collate
+
+DEFAULT_SPEECH_STEPS = 10
+DEFAULT_SPEECH_CFG = 2.0
+DEFAULT_SPEECH_TEMPERATURE = 1.0
+
+
+@dataclass
+class VoicePrompt:
+    """A speaker's reference: normalised latent means [K, D] and the words they say."""
+
+    latents: Tensor
+    transcript: str
+
+
+def speech_codec(model: LatentLM):
+    if "audio" not in model.codecs or not model.config.audio_latent_dim:
+        raise PromptError("this model cannot speak: it has no audio codec and speech head; use a model trained "
+                          "with the tts task")
+    return model.codecs["audio"]
+
+
+def voice_prompt(model: LatentLM, wav: np.ndarray | Tensor, sample_rate: int, transcript: str) -> VoicePrompt:
+    """A reference recording (mono, any rate) and its transcript -> the prompt the model continues."""
+    import torchaudio.functional as AF
+
+    codec = speech_codec(model)
+    if not isinstance(transcript, str) or not transcript.strip():
+        raise PromptError("a voice prompt needs the words said in it: pass voice_text (CLI: --voice-text)")
+    x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
+    if x.ndim != 1 or x.numel() < codec.hop_length:
+        raise PromptError(f"the voice recording must be mono and at least {codec.hop_length / codec.sample_rate:.2f} "
+                          f"s long, got shape {list(x.shape)}")
+    if sample_rate != codec.sample_rate:
+        x = AF.resample(x, sample_rate, codec.sample_rate)
+    with torch.no_grad():
+        mu = codec.encode(x[None])[0]  # [K, D]
+    return VoicePrompt(codec.normalize(mu), transcript.strip())
+
+
+def _text_ids(model: LatentLM, text: str) -> list[int]:
+    if not isinstance(text, str) or not text.strip():
+        raise PromptError("the text to speak is empty; give the words, e.g. 'a red circle above a blue square'")
+    ids = model.tokenizer.encode(text.strip())
+    limit = model.config.max_speech_tokens
+    if len(ids) > limit:
+        raise PromptError(f"the text is {len(ids)} tokens long; this model speaks at most {limit} at once: "
+                          "split it into sentences")
+    return ids
+
+
+def _prefill(model: LatentLM, texts: list[str], voice: VoicePrompt | None, guided: bool):
+    tok = model.tokenizer
+    audio = tok.token_id("<audio>")
+    open_span = Latent("audio", torch.zeros(0, model.config.audio_latent_dim))
+    said = _text_ids(model, voice.transcript) if voice else []
+    spoken = [Latent("audio", voice.latents, target=False)] if voice else []
+    cond = [[Text([tok.bos_id] + said + _text_ids(model, t) + [audio]), *spoken, open_span] for t in texts]
+    uncond = [[Text([tok.bos_id, audio]), *spoken, open_span] for _ in texts] if guided else []
+    return collate(cond + uncond, model.config.latent_width, tok.pad_id)
+
+
+def _feed(model: LatentLM, z: Tensor, guided: bool, state):
+    """One backbone step on audio latents z [B, D] (to both streams when guided)."""
+    z_in = torch.cat([z, z]) if guided else z
+    n, width = z_in.shape[0], model.config.latent_width
+    latents = torch.nn.functional.pad(z_in, (0, width - z_in.shape[1]))[:, None]  # [n, 1, width]
+    ids = torch.full((n, 1), model.tokenizer.pad_id, dtype=torch.long)
+    yes = torch.ones(n, 1, dtype=torch.bool)
+    x = model.embed_inputs(ids, latents, yes, torch.full((n, 1), -1), torch.full((n, 1), MODALITY_INDEX["audio"]))
+    return model.backbone(x, state)
+
+
+@torch.no_grad()
+def sample_speech_latents(
+    model: LatentLM, texts: list[str], voice: VoicePrompt | None = None, steps: int = DEFAULT_SPEECH_STEPS,
+    cfg_scale: float = DEFAULT_SPEECH_CFG, generator: torch.Generator | None = None,
+    temperature: float = DEFAULT_SPEECH_TEMPERATURE,
+) -> list[Tensor]:
+    """Normalised audio latents of each text, [T_i, D] each; the model decides each T_i."""
+    _check(steps, temperature)
+    speech_codec(model)
+    guided = cfg_scale != 1.0
+    batch = _prefill(model, texts, voice, guided)
+    b = len(texts)
+    cap = [model.config.max_audio_per_token * len(_text_ids(model, t)) for t in texts]
+    head = model.diffusion_head("audio")
+    out: list[Tensor] = []
+    length = torch.full((b,), -1)  # frames of each row once it has ended
+    with tiny_op_threads(b, ONE_THREAD_PICTURES), torch.inference_mode():
+        h, state = model(batch)  # [2B or B, T, d]
+        sampler = head.latent_sampler(b, guided, cfg_scale, steps, temperature, h.device)
+        for i in range(max(cap)):
+            z = sampler(h[:, -1], generator)  # [B, D]
+            out.append(z)
+            h, state = _feed(model, z, guided, state)
+            stop = model.stop_probability(h[:b, -1]) > model.config.audio_stop_threshold  # [B]
+            for r in range(b):
+                if length[r] < 0 and (stop[r] or i + 1 >= cap[r]):
+                    length[r] = i + 1
+            if (length >= 0).all():
+                break
+    frames = torch.stack(out, dim=1)  # [B, N, D]
+    return [frames[r, : length[r]].clone() for r in range(b)]
+
+
+@torch.no_grad()
+def generate_speech(
+    model: LatentLM, texts: list[str], voice: VoicePrompt | None = None, steps: int = DEFAULT_SPEECH_STEPS,
+    cfg_scale: float = DEFAULT_SPEECH_CFG, seed: int = 0, temperature: float = DEFAULT_SPEECH_TEMPERATURE,
+) -> list[np.ndarray]:
+    """Texts -> 16 kHz mono float32 waves, deterministic for a given seed on CPU."""
+    codec = speech_codec(model)
+    generator = torch.Generator().manual_seed(seed)
+    latents = sample_speech_latents(model, texts, voice, steps, cfg_scale, generator, temperature)
+    with tiny_op_threads(len(texts), ONE_THREAD_PICTURES):
+        return [codec.decode(codec.denormalize(z)[None])[0].clamp(-1, 1).numpy() for z in latents]

@@ -1,0 +1,299 @@
+"""Speech in the LatentLM: audio spans in the sequence format, the per-modality heads, the end-of-speech
+decision, voice prompts, generation and the text-to-speech workflow (tiny random models)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from latentlm.codecs import AudioSigmaVAE, AudioSigmaVAEConfig, ImageSigmaVAE, SigmaVAEConfig
+from latentlm.data.tts import SpeechCorpus, tts_sequence
+from latentlm.errors import LatentLMError, PromptError
+from latentlm.model import LatentLM
+from latentlm.model_config import ModelConfig
+from latentlm.sequence import MODALITY_INDEX, Latent, Text, collate, frame
+from latentlm.speech import VoicePrompt, generate_speech, sample_speech_latents, voice_prompt
+from latentlm.tokenizer import TextTokenizer
+
+IMAGE_DIM, AUDIO_DIM = 8, 12
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer_path) -> TextTokenizer:
+    return TextTokenizer(tiny_tokenizer_path)
+
+
+def speech_model(tok: TextTokenizer, seed: int = 0, **config) -> LatentLM:
+    torch.manual_seed(seed)
+    image = ImageSigmaVAE(SigmaVAEConfig(latent_dim=IMAGE_DIM, block_out_channels=(16, 16, 16, 16), norm_num_groups=8))
+    audio = AudioSigmaVAE(AudioSigmaVAEConfig(latent_dim=AUDIO_DIM, ratios=(4, 4), n_filters=4))  # hop 16
+    cfg = ModelConfig(vocab_size=tok.vocab_size, latent_dim=IMAGE_DIM, audio_latent_dim=AUDIO_DIM,
+                      backbone={"d_model": 32, "n_layers": 2, "n_heads": 4}, head={"width": 32, "depth": 1},
+                      codecs={"image": "image_codec", "audio": "audio_codec"}, **config)
+    return LatentLM(cfg, tok, {"image": image, "audio": audio}).eval()
+
+
+def test_collate_marks_modalities_pads_narrow_latents_and_labels_the_end(tok):
+    z_img, z_aud = torch.randn(3, IMAGE_DIM), torch.randn(4, AUDIO_DIM)
+    seq = [Text([tok.bos_id, 5]), *frame("image", z_img, tok.token_id), *frame("audio", z_aud, tok.token_id)]
+    b = collate([seq], AUDIO_DIM, tok.pad_id)
+    # positions: <s> 5 <image> i i i </image> <audio> a a a a </audio>
+    assert b.modality[0].tolist() == [-1, -1, -1, 0, 0, 0, -1, -1, 1, 1, 1, 1, -1]
+    assert torch.equal(b.latents[0, 3:6, :IMAGE_DIM], z_img) and b.latents[0, 3:6, IMAGE_DIM:].abs().sum() == 0
+    assert torch.equal(b.latents[0, 8:12], z_aud)
+    # from <audio> to the last latent: 0 = another latent follows, 1 = </audio> follows
+    assert b.audio_stop[0].tolist() == [-1] * 7 + [0, 0, 0, 0, 1, -1]
+    # image spans keep their slots; audio positions carry none
+    assert b.slot[0, 2:6].tolist() == [0, 1, 2, -1] and (b.slot[0, 7:] == -1).all()
+
+
+def test_a_voice_prompt_and_its_continuation_form_one_span(tok):
+    prompt, target = torch.randn(2, AUDIO_DIM), torch.randn(3, AUDIO_DIM)
+    seq = [Text([tok.bos_id, tok.token_id("<audio>")]), Latent("audio", prompt, target=False),
+           Latent("audio", target), Text([tok.token_id("</audio>")])]
+    b = collate([seq], AUDIO_DIM, tok.pad_id)
+    assert b.audio_stop[0].tolist() == [-1, 0, 0, 0, 0, 0, 1, -1]
+    assert b.latent_target[0].tolist() == [False, False, False, False, True, True, True, False]
+
+
+def grad_size(p: torch.Tensor) -> float:
+    return 0.0 if p.grad is None else p.grad.abs().sum().item()
+
+
+def test_each_modality_has_its_own_projection_and_head(tok):
+    model = speech_model(tok)
+    seq = [Text([tok.bos_id, 7, tok.token_id("<audio>")]), Latent("audio", torch.randn(5, AUDIO_DIM)),
+           Text([tok.token_id("</audio>"), tok.eos_id])]
+    batch = collate([seq], AUDIO_DIM, tok.pad_id)
+    model.train()
+    loss, logs = model.loss(batch)
+    loss.backward()
+    assert logs["diffusion"] == 0 and logs["diffusion_audio"] > 0
+    assert grad_size(model.audio_in.weight) > 0 and grad_size(model.latent_in.weight) == 0
+    assert grad_size(model.audio_diffusion.net.out.weight) > 0 and grad_size(model.diffusion.net.out.weight) == 0
+
+
+def test_the_continue_loss_is_minus_log_one_minus_p_end(tok):
+    model = speech_model(tok)
+    h = torch.randn(6, 32)
+    p_end = model.stop_probability(h)
+    want = -torch.log1p(-p_end.double()).mean()
+    assert torch.allclose(model._continue_loss(h).double(), want, rtol=1e-4)
+
+
+def test_image_only_models_embed_as_before(tok):
+    """The modality-aware embedding gives the image path's old numbers exactly."""
+    model = speech_model(tok)
+    seq = [Text([tok.bos_id, 9, tok.token_id("<image>")]), Latent("image", torch.randn(4, IMAGE_DIM)),
+           Text([tok.token_id("</image>")])]
+    b = collate([seq], AUDIO_DIM, tok.pad_id)
+    got = model.embed_inputs(b.ids, b.latents, b.is_latent, b.slot, b.modality)
+    old = torch.where(b.is_latent[..., None], model.latent_in(b.latents[..., :IMAGE_DIM]), model.embed(b.ids))
+    old = old + model.slot_embed(b.slot.clamp(0)) * (b.slot >= 0)[..., None]
+    assert torch.equal(got, old)
+
+
+def test_generation_stops_when_the_text_head_says_so(tok, monkeypatch):
+    model = speech_model(tok)
+    calls = []
+
+    def stop_at_third(h):
+        calls.append(1)
+        return torch.full(h.shape[:-1], 1.0 if len(calls) >= 3 else 0.0)
+
+    monkeypatch.setattr(model, "stop_probability", stop_at_third)
+    z = sample_speech_latents(model, ["a red circle"], steps=2, generator=torch.Generator().manual_seed(0))
+    assert len(z) == 1 and z[0].shape == (3, AUDIO_DIM)
+
+
+def test_generation_is_capped_at_16_frames_per_text_token(tok, monkeypatch):
+    model = speech_model(tok)
+    monkeypatch.setattr(model, "stop_probability", lambda h: torch.zeros(h.shape[:-1]))
+    texts = ["a red circle", "a small blue square above a green triangle"]
+    z = sample_speech_latents(model, texts, steps=1, generator=torch.Generator().manual_seed(0))
+    assert [len(x) for x in z] == [16 * len(tok.encode(t)) for t in texts]
+
+
+def test_speech_is_deterministic_for_a_seed(tok):
+    model = speech_model(tok, max_audio_per_token=2)
+    a = generate_speech(model, ["a blue square"], steps=2, seed=4)[0]
+    b = generate_speech(model, ["a blue square"], steps=2, seed=4)[0]
+    c = generate_speech(model, ["a blue square"], steps=2, seed=5)[0]
+    assert a.dtype == np.float32 and a.ndim == 1 and len(a) % 16 == 0
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_voice_prompt_enters_both_streams(tok, monkeypatch):
+    model = speech_model(tok, max_audio_per_token=1)
+    wav = np.sin(np.arange(160) / 3).astype(np.float32)
+    prompt = voice_prompt(model, wav, 16_000, "a red circle")
+    assert prompt.latents.shape == (10, AUDIO_DIM)
+    seen = {}
+    real_forward = model.forward
+
+    def spy(batch, state=None):
+        seen.setdefault("batch", batch)
+        return real_forward(batch, state)
+
+    monkeypatch.setattr(model, "forward", spy)
+    sample_speech_latents(model, ["a blue square"], prompt, steps=1, generator=torch.Generator().manual_seed(0))
+    b = seen["batch"]
+    assert b.ids.shape[0] == 2 and (b.modality == MODALITY_INDEX["audio"]).sum(1).tolist() == [10, 10]
+    n_text = len(tok.encode("a red circle")) + len(tok.encode("a blue square"))
+    assert (b.valid[0] & ~b.is_latent[0]).sum() == n_text + 2  # <s> transcript text <audio>
+    assert (b.valid[1] & ~b.is_latent[1]).sum() == 2  # <s> <audio>: no words in the unconditional stream
+
+
+def test_user_errors_are_clear(tok):
+    model = speech_model(tok)
+    with pytest.raises(PromptError, match="empty"):
+        generate_speech(model, ["  "])
+    with pytest.raises(PromptError, match="split it into sentences"):
+        generate_speech(model, ["a red circle " * 60])
+    with pytest.raises(PromptError, match="voice_text"):
+        voice_prompt(model, np.zeros(320, np.float32), 16_000, "")
+    with pytest.raises(PromptError, match="mono"):
+        voice_prompt(model, np.zeros((2, 320), np.float32), 16_000, "a red circle")
+    image_only = LatentLM(ModelConfig(vocab_size=tok.vocab_size, latent_dim=IMAGE_DIM), tok)
+    with pytest.raises(PromptError, match="cannot speak"):
+        generate_speech(image_only, ["a red circle"])
+
+
+def test_tts_examples_prompt_with_another_utterance_of_the_same_voice(tok):
+    means = [torch.randn(n, AUDIO_DIM) for n in (3, 4, 2, 5)]
+    corpus = SpeechCorpus(["a red circle", "a blue square", "a green circle", "a red square"],
+                          ["amy", "amy", "gwen", "gwen"], means)
+    corpus.index_prompts(max_frames=4, held_out={"gwen"})
+    assert corpus.prompt_pool == {"amy": [0, 1]}
+    target = torch.randn(3, AUDIO_DIM)
+    seq = tts_sequence(corpus, 0, target, lambda z: z, tok, random.Random(0), cfg_dropout=0, voice_prompt=1.0)
+    ids = seq[0].ids
+    assert ids == [tok.bos_id] + tok.encode("a blue square") + tok.encode("a red circle") + [tok.token_id("<audio>")]
+    assert torch.equal(seq[1].z, means[1]) and not seq[1].target and seq[2].target
+    # held-out voices never prompt, and dropping the condition drops both texts
+    seq = tts_sequence(corpus, 2, target, lambda z: z, tok, random.Random(0), cfg_dropout=1.0, voice_prompt=1.0)
+    assert seq[0].ids == [tok.bos_id, tok.token_id("<audio>")] and len(seq) == 3
+
+
+def test_the_text_to_speech_workflow(tok, tmp_path):
+    import soundfile
+
+    from latentlm.workflows.session import Session
+
+    model = speech_model(tok, max_audio_per_token=1)
+    session = Session(model)
+    r = session.call("text-to-speech", text="a red circle", seed=1)
+    assert r.sample_rate == 16_000 and r.audio.ndim == 1 and len(r.audio) > 0
+    ref = tmp_path / "ref.wav"
+    soundfile.write(ref, np.sin(np.arange(800) / 5).astype(np.float32) * 0.3, 16_000)
+    with pytest.raises(PromptError, match="voice_text"):
+        session.call("text-to-speech", text="a red circle", voice=str(ref))
+    (tmp_path / "ref.txt").write_text("a blue square")
+    voiced = session.call("text-to-speech", text="a red circle", voice=str(ref), seed=1)
+    assert voiced.audio.ndim == 1
+    with pytest.raises(LatentLMError, match="no such sound file"):
+        session.call("text-to-speech", text="a red circle", voice=str(tmp_path / "missing.wav"))
+    (tmp_path / "bad.wav").write_text("not a sound")
+    with pytest.raises(LatentLMError, match="not a sound file"):
+        session.call("text-to-speech", text="a red circle", voice=str(tmp_path / "bad.wav"), voice_text="hi")
+
+
+def test_a_speech_stage_warm_starts_from_a_model_that_only_draws(tmp_path, tiny_tokenizer_path, tiny_codec_dir,
+                                                                 tiny_model_dir):
+    """init_from an image-only model: its weights carry over, the speech parts start fresh, tts trains."""
+    pytest.importorskip("espeakng_loader")
+    from latentlm.checkpoint import save_codec
+    from latentlm.training.lm import train_lm
+
+    torch.manual_seed(0)
+    audio_dir = save_codec(AudioSigmaVAE(AudioSigmaVAEConfig(latent_dim=AUDIO_DIM, ratios=(8, 8, 5, 4), n_filters=2)),
+                           tmp_path / "audio_codec")
+    config = tmp_path / "speech.yaml"
+    config.write_text(f"""
+tokenizer: {tiny_tokenizer_path}
+codec: {tiny_codec_dir}
+audio_codec: {audio_dir}
+init_from: {tiny_model_dir}
+backbone: {{d_model: 64, n_layers: 2, n_heads: 4}}
+head: {{width: 64, depth: 2, batch_mul: 2}}
+data: {{n_train: 128, tasks: {{t2i: 0.3, tts: 0.7}}, speech: {{n_train: 6, voice_prompt: 0.5}}}}
+train: {{steps: 3, batch_size: 4, lr: 0.001, warmup_steps: 1, log_every: 1, save_every: 10, seed: 0}}
+""")
+    final = train_lm(config, tmp_path / "run", progress=False)
+    model = LatentLM.from_pretrained(final)
+    before = LatentLM.from_pretrained(tiny_model_dir)
+    assert model.config.audio_latent_dim == AUDIO_DIM and "audio" in model.codecs
+    logs = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any('"diffusion_audio": 0.' in line or '"diffusion_audio": 1.' in line for line in logs)
+    assert not torch.equal(model.embed.weight[:10], before.embed.weight[:10])  # trained on from the old weights
+    assert (tmp_path / "run" / "speech_means_6.pt").is_file()
+    z = sample_speech_latents(model, ["a red circle"], steps=1, generator=torch.Generator().manual_seed(0))
+    assert z[0].shape[1] == AUDIO_DIM and 1 <= len(z[0]) <= 16 * len(model.tokenizer.encode("a red circle"))
+
+
+def test_tts_needs_an_audio_codec(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+    from latentlm.errors import ConfigError
+    from latentlm.training.lm import train_lm
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"tokenizer: {tiny_tokenizer_path}\ncodec: {tiny_codec_dir}\ndata: {{tasks: {{tts: 1.0}}}}\n")
+    with pytest.raises(ConfigError, match="audio codec"):
+        train_lm(config, tmp_path / "run", progress=False)
+
+
+@pytest.fixture(scope="module")
+def speech_model_dir(tok, tmp_path_factory):
+    return speech_model(tok, max_audio_per_token=1).save_pretrained(tmp_path_factory.mktemp("speech") / "model")
+
+
+def test_speak_and_save(speech_model_dir, tmp_path):
+    import soundfile
+
+    from latentlm.workflows.session import Session
+
+    r = Session(str(speech_model_dir)).speak("a red circle", seed=3, steps=2)
+    again = Session(str(speech_model_dir)).speak("a red circle", seed=3, steps=2)
+    assert np.array_equal(r.audio, again.audio) and r.steps[0]["seed"] == 3
+    manifest = r.save(tmp_path / "out")
+    wav, rate = soundfile.read(tmp_path / "out" / "audio.wav")
+    assert rate == 16_000 and len(wav) == len(r.audio) and '"audio": "audio.wav"' in manifest.read_text()
+
+
+def test_cli_speaks_to_a_wav_and_refuses_bad_input_in_one_line(speech_model_dir, tmp_path, capsys):
+    import soundfile
+
+    from latentlm.cli.main import main
+
+    out = tmp_path / "said.wav"
+    main(["generate", "--modality", "audio", "--prompt", "a red circle", "--model", str(speech_model_dir),
+          "--steps", "2", "-o", str(out)])
+    assert soundfile.info(str(out)).samplerate == 16_000
+    capsys.readouterr()
+    for args, words in ((["--prompt", "a red circle", "-o", str(tmp_path / "x.mp3")], "unknown sound format"),
+                        (["--prompt", "a red circle", "--voice", str(tmp_path / "missing.wav"), "-o", str(out)],
+                         "no such sound file"),
+                        (["--prompt", "  ", "-o", str(out)], "empty")):
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", "--modality", "audio", "--model", str(speech_model_dir), *args])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_describe_and_speak_speaks_the_caption(tok, monkeypatch):
+    from PIL import Image
+
+    import latentlm.workflows.caption as caption_workflow
+    from latentlm.workflows.session import Session
+
+    session = Session(speech_model(tok, max_audio_per_token=1))
+    picture = Image.new("RGB", (64, 64), "white")
+    said = []
+    monkeypatch.setattr(caption_workflow, "caption_pictures", lambda model, pixels, grounded: said or ["a red circle"])
+    r = session.call("describe-and-speak", image=picture, seed=2)
+    spoken = session.speak("a red circle", seed=2)
+    assert r.text == "a red circle" and np.array_equal(r.audio, spoken.audio) and r.sample_rate == 16_000
+    said.append("  ")  # a caption with no words: a clear error, not silence
+    with pytest.raises(LatentLMError, match="text: is empty"):
+        session.call("describe-and-speak", image=picture)

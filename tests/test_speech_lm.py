@@ -297,3 +297,17 @@ def test_describe_and_speak_speaks_the_caption(tok, monkeypatch):
     said.append("  ")  # a caption with no words: a clear error, not silence
     with pytest.raises(LatentLMError, match="text: is empty"):
         session.call("describe-and-speak", image=picture)
+
+
+def test_eval_tts_reports_every_measure(tok):
+    """The whole `latentlm eval tts` loop on a random tiny model (the numbers mean nothing; the keys and
+    ranges do): espeak-ng references, voice prompts, recognisers, MCD, F0, timings."""
+    pytest.importorskip("espeakng_loader")
+    pytest.importorskip("pocketsphinx")
+    from latentlm.evaluation.tts import eval_tts
+
+    model = speech_model(tok, max_audio_per_token=1)
+    r = eval_tts(model, n=3, split="test", steps=1, progress=False)
+    assert r["n"] == 3 and 0 <= r["wer_reference"] and r["mcd_db"] > 0 and r["real_time_factor"] > 0
+    assert 0 <= r["duration_within_20pct"] <= 1 and r["ar_steps_per_second"] == pytest.approx(16_000 / 16, rel=0.01)
+    assert r["head_calls_per_second"] == pytest.approx(r["ar_steps_per_second"])  # one solver step per latent

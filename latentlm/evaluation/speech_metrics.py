@@ -81,7 +81,9 @@ def mel_cepstra(wav: np.ndarray, order: int = 24) -> np.ndarray:
     """[T] -> [frames, order] mel cepstra c1..c_order (10 ms hop): the real cepstrum of the mel-warped
     log-magnitude spectrum, c_k = 1/N sum_n log|M_n| cos(pi k (n + 1/2) / N) over N = 40 mel bands (FFT
     1024; magnitudes floored 80 dB under the utterance's loudest band)."""
-    mag = _mel()(torch.as_tensor(np.asarray(wav, dtype=np.float32)))  # [40, frames]
+    x = np.asarray(wav, dtype=np.float32)
+    x = np.pad(x, (0, max(0, 1024 - len(x))))  # a (degenerate) wave shorter than one FFT window
+    mag = _mel()(torch.from_numpy(x))  # [40, frames]
     log_mag = mag.clamp_min(mag.max() * 1e-4 + 1e-12).log()
     n = log_mag.shape[0]
     k = torch.arange(n, dtype=torch.float64)

@@ -31,6 +31,7 @@ from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, collate, frame
 from latentlm.data.shapes import scene_for
 from latentlm.data.tasks import UNDERSTANDING_TASKS, draw_example
+from latentlm.data.in_context import ICLConfig, demonstration, task_key
 from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
 from latentlm.training.trainer import OptimConfig, train
@@ -45,6 +46,7 @@ class LMDataConfig(BaseModel):
     # Task -> weight in the mixture: "t2i" (text-to-image) and the understanding tasks.
     tasks: dict[str, float] = Field(default_factory=lambda: {"t2i": 1.0})
     speech: TTSDataConfig = TTSDataConfig()  # used by the "tts" task
+    icl: ICLConfig = ICLConfig()  # in-context batches: demonstrations before the query (latentlm.data.in_context)
 
     @field_validator("tasks")
     @classmethod
@@ -170,6 +172,9 @@ class LatentLMTask:
         key = step + self.config.train.seed * 1_000_003
         rng = random.Random(key)
         gen = torch.Generator().manual_seed(key)
+        icl = self.config.data.icl
+        if icl.every and step % icl.every == icl.every - 1:
+            return self._in_context_batch(max(1, batch_size // icl.batch_divisor), rng, gen)
         first = self.config.train.seed * 7_919
         idx = torch.tensor([(first + step * batch_size + j) % n for j in range(batch_size)])  # [B]
         mu = self.mu[idx]  # [B, N, D]
@@ -190,14 +195,36 @@ class LatentLMTask:
                             speech.voice_prompt)
 
     def _sequence(self, task: str, scene, sampled: Tensor, means: Tensor, rng: random.Random):
+        return self._query(task, scene, sampled, means, rng)[0]
+
+    def _query(self, task: str, scene, sampled: Tensor, means: Tensor, rng: random.Random):
+        """(segments from <s> to </s>, the task key its demonstrations share)."""
         tok = self.tokenizer
         if task == "t2i":  # caption <image> z </image>, the caption dropped for classifier-free guidance
             drop = rng.random() < self.config.cfg_dropout
             text = [] if drop else tok.encode(caption_variant(scene.caption, rng, self.config.data.size_drop))
-            return [Text([tok.bos_id] + text), *frame("image", sampled, tok.token_id), Text([tok.eos_id])]
+            return [Text([tok.bos_id] + text), *frame("image", sampled, tok.token_id), Text([tok.eos_id])], task
         example = draw_example(scene, task, rng)  # <image> mu </image> prompt answer
         text = tok.encode(example.prompt) + tok.encode(example.answer) + [tok.eos_id]
-        return [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
+        segments = [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
+        return segments, task_key(task, example.task)
+
+    def _in_context_batch(self, size: int, rng: random.Random, gen: torch.Generator) -> Batch:
+        """`size` sequences of k demonstrations and a query, all of one task each (text-to-speech aside)."""
+        tok, n, icl = self.tokenizer, self.config.data.n_train, self.config.data.icl
+        names = [t for t in self.task_names if t != "tts"]
+        weights = [self.config.data.tasks[t] for t in names]
+        seqs = []
+        for task in rng.choices(names, weights, k=size):
+            picks = rng.sample(range(n), rng.randint(*icl.demos) + 1)  # the query's scene last
+            i = picks[-1]
+            sampled = self.codec.normalize(self.codec.perturb(self.mu[i][None], gen))[0]
+            query, key = self._query(task, self.scenes[i], sampled, self.codec.normalize(self.mu[i]), rng)
+            demos = [seg for j in picks[:-1]
+                     for seg in demonstration(key, self.scenes[j], self.codec.normalize(self.mu[j]), tok, rng)]
+            head = Text(query[0].ids[1:])  # the query without its <s>
+            seqs.append([Text([tok.bos_id]), *demos, head, *query[1:]])
+        return collate(seqs, self.model.config.latent_width, tok.pad_id)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch)

@@ -31,6 +31,7 @@ from typing import TextIO
 
 import click
 
+from latentlm.cli.verify_option import NO_VERIFY
 from latentlm.errors import LatentLMError
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
@@ -321,6 +322,7 @@ def line_reader(stdin: TextIO, out: TextIO, interactive: bool) -> Callable[[str]
 
 @click.command("chat")
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
+@NO_VERIFY
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="The seed of each step (change it in the chat with /set seed N).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,

@@ -12,6 +12,7 @@ import click
 
 from latentlm.cli.outputs import (PICTURE_FORMATS, check_picture_path, check_writable_dir, echo_warnings,  # noqa: F401
                                   one_line, save_picture)
+from latentlm.cli.verify_option import NO_VERIFY
 from latentlm.errors import LatentLMError
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 
@@ -156,6 +157,7 @@ def train_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, 
 @cli.command("export")
 @click.argument("source")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@NO_VERIFY
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float16", show_default=True,
               help="Storage precision of the weights (loaded back as float32).")
 def export_cmd(source: str, out: Path, dtype: str) -> None:
@@ -204,6 +206,7 @@ def build_kernels() -> None:
                    "for pictures, 1.0 for speech].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
+@NO_VERIFY
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None,
               help="The backbone kind the model must have (checked; weights belong to their backbone).")
 @click.option("--voice", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -308,6 +311,7 @@ def _check_image(image: str) -> None:
 @click.argument("image")
 @click.option("--grounded", is_flag=True, help="Kosmos-2 style: each object phrase with its box.")
 @_model_option
+@NO_VERIFY
 @_json_option
 def caption_cmd(image: str, grounded: bool, model: str, as_json: bool) -> None:
     """Describe a picture.
@@ -324,6 +328,7 @@ def caption_cmd(image: str, grounded: bool, model: str, as_json: bool) -> None:
 @click.argument("image")
 @click.argument("question")
 @_model_option
+@NO_VERIFY
 @_json_option
 @STRICT
 def ask_cmd(image: str, question: str, model: str, as_json: bool, strict: bool) -> None:
@@ -345,6 +350,7 @@ def ask_cmd(image: str, question: str, model: str, as_json: bool, strict: bool) 
 @click.option("--draw", "draw_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save the picture with the box drawn on it (.png, .jpg, .webp or .bmp).")
 @_model_option
+@NO_VERIFY
 @_json_option
 @STRICT
 def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_json: bool, strict: bool) -> None:
@@ -373,6 +379,7 @@ def eval_group() -> None:
 
 @eval_group.command("t2i")
 @click.option("--model", default="shapes-tiny", show_default=True)
+@NO_VERIFY
 @click.option("--n-single", type=click.IntRange(min=1), default=120, show_default=True)
 @click.option("--n-pair", type=click.IntRange(min=1), default=120, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True)
@@ -406,6 +413,7 @@ def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float,
 @eval_group.command("codec")
 @click.option("--modality", type=click.Choice(["image", "audio"]), default="image", show_default=True)
 @click.option("--model", default="shapes-tiny", show_default=True, help="A LatentLM (its codec of --modality is used).")
+@NO_VERIFY
 @click.option("--codec", "codec_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A codec checkpoint folder instead of --model.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Test items (default 256 pictures, 60 utterances).")
@@ -443,6 +451,7 @@ def eval_codec_cmd(modality: str, model: str, codec_dir: Path | None, n: int | N
 
 @eval_group.command("tts")
 @click.option("--model", default="shapes-tiny", show_default=True)
+@NO_VERIFY
 @click.option("--n", "n", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out sentences.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="test to report; val for choices (steps, CFG).")
@@ -473,6 +482,7 @@ def _eval_understanding(name: str, fn: str, default_n: int, what: str):
     @eval_group.command(name, help=f"{what}, on held-out scenes (JSON on stdout).\n\n\b\nExample:\n"
                                   f"  latentlm eval {name} --model shapes-tiny")
     @click.option("--model", default="shapes-tiny", show_default=True)
+    @NO_VERIFY
     @click.option("--n", "n", type=click.IntRange(min=1), default=default_n, show_default=True, help="Scenes.")
     @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
                   help="val for choosing settings, test for reporting.")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from latentlm.cli.verify_option import NO_VERIFY
 from latentlm.errors import LatentLMError
 
 WORKFLOW_SUFFIXES = (".yaml", ".yml")
@@ -25,6 +26,7 @@ WORKFLOW_SUFFIXES = (".yaml", ".yml")
               help="Workflow file: the output folder (default outputs/<name>-<YYYYmmdd-HHMMSS>). "
                    "Request: the PNG for its picture (or a folder for Result.save).")
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
+@NO_VERIFY
 @click.option("--list", "list_examples", is_flag=True, help="List the shipped example workflow files and exit.")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan as JSON without loading the model.")
 @click.option("--image", default=None, help="Request only: the picture it is about.")

@@ -2,18 +2,24 @@
 cached on disk, and replaced by the PyTorch reference (after one warning) when the build fails.
 
 A `CppExtension` names its sources; its library lands in `<cache>/kernels/<name>-<digest>`, where
-`<cache>` is `$LATENTLM_CACHE` or `~/.cache/latentlm` and the digest covers the sources (and the
-headers beside them, and the shared ones of `include/`), the flags, torch, Python and the machine: a
-later process finds the library built and only loads it. A compile prints one line on stderr (it takes about a minute per extension);
+`<cache>` is `$LATENTLM_CACHE` or `~/.cache/latentlm` and the digest covers everything that goes into
+the build (`CppExtension.build_inputs`): the sources' paths and contents (and the headers beside them, and
+the shared ones of `include/`), the flags, the include paths, torch (version and install), the Python
+executable and ABI, and the machine. Two checkouts or two venvs thus build in folders of their own instead
+of rebuilding each other's library in one; a later process of the same set-up finds the library built and
+only loads it. A build holds a file lock in its folder, so two processes that start one at once compile
+it once. A compile prints one line on stderr (it takes about a minute per extension);
 `build_all` compiles every extension at once, in parallel processes (`latentlm build-kernels`, run by
 the Makefile's set-up), so that first use only loads them.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import importlib
+import json
 import logging
 import multiprocessing
 import os
@@ -21,14 +27,22 @@ import pkgutil
 import platform
 import re
 import sys
+import sysconfig
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not locked across processes
+    fcntl = None
+
 LDFLAGS = ("-fopenmp",)
 INCLUDE = Path(__file__).resolve().parent / "include"  # headers every extension shares (latentlm_cpu.h)
+COMPILE_SECONDS = 60  # about how long one extension takes to compile, for the message
+LOCK_FILE = ".build.lock"
 _EXTENSIONS: dict[str, "CppExtension"] = {}  # every extension made, by name (`all_extensions`)
 
 
@@ -44,6 +58,29 @@ def cflags() -> list[str]:
 def cache_root() -> Path:
     root = os.environ.get("LATENTLM_CACHE")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "latentlm"
+
+
+def build_key(inputs: dict) -> str:
+    """A short hash of a build's inputs (a JSON-able dict): the name of its cache folder."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive `flock` on `path` (created if need be) for the block.
+
+    Two processes (or threads) building one extension into one folder would otherwise run the compiler
+    over each other's files; the second waits, then finds the library built and only loads it. The
+    kernel drops the lock when its holder dies, so a killed build never leaves a stale lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def failure_reason(e: Exception) -> str:
@@ -63,16 +100,30 @@ class CppExtension:
         self._tried = False
         _EXTENSIONS[name] = self
 
+    def _source_files(self) -> list[Path]:
+        """The sources, the headers beside them and the shared headers: the files the compiler reads."""
+        files = set(self.sources)
+        for directory in {s.parent for s in self.sources} | {INCLUDE}:
+            if directory.is_dir():
+                files |= {p for p in directory.iterdir() if p.suffix in (".cpp", ".h", ".hpp")}
+        return sorted(files)
+
+    def build_inputs(self) -> dict:
+        """Everything that goes into the build command and decides its result.
+
+        Paths count, not only contents: torch's ninja file holds them, so a folder shared by two
+        checkouts or two venvs would be rebuilt by each in turn."""
+        files = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+                 for p in self._source_files()}
+        return {"files": files, "cflags": cflags(), "ldflags": list(LDFLAGS), "include_paths": [str(INCLUDE)],
+                "torch": [torch.__version__, str(Path(torch.__file__).resolve().parent)],
+                "python": [sys.executable, sys.version, sysconfig.get_config_var("SOABI") or ""],
+                "machine": platform.machine(), "compiler": os.environ.get("CXX", "")}
+
     @functools.cached_property
     def digest(self) -> str:
-        """Hash of what the library depends on: sources and headers, flags, torch, Python, machine."""
-        h = hashlib.sha256()
-        for directory in sorted({s.parent for s in self.sources} | {INCLUDE}):
-            for path in sorted(directory.iterdir()):
-                if path.suffix in (".cpp", ".h", ".hpp"):
-                    h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-        h.update(repr((cflags(), LDFLAGS, torch.__version__, sys.version_info[:2], platform.machine())).encode())
-        return h.hexdigest()[:16]
+        """Hash of `build_inputs`: the cache folder differs whenever the build would."""
+        return build_key(self.build_inputs())
 
     def module_name(self) -> str:
         return f"latentlm_{self.name}_{self.digest}"
@@ -85,10 +136,16 @@ class CppExtension:
         return self.build_directory() / f"{self.module_name()}.so"
 
     def build(self):
-        """Compile (or, when up to date, just load) the extension; raises on any failure."""
-        if not self.library_path().exists():
-            print(f"latentlm: compiling {self.what} (once per machine and version, about a minute)...",
-                  file=sys.stderr, flush=True)
+        """Compile (or, when up to date, just load) the extension under the folder's file lock, saying
+        so on stderr when it compiles; raises on any failure."""
+        directory = self.build_directory()
+        with file_lock(directory / LOCK_FILE):
+            if not self.library_path().exists():
+                print(f"latentlm: compiling {self.what} (once, ~{COMPILE_SECONDS} s)...", file=sys.stderr, flush=True)
+            return self._compile(directory)
+
+    def _compile(self, directory: Path):
+        """torch's `load` into `directory`: compiles when out of date, then imports the library."""
         # torch logs notes (CUDA_HOME on import, compiler checks) and warns; a failure gets our one line
         logger = logging.getLogger("torch.utils.cpp_extension")
         level = logger.level
@@ -98,8 +155,6 @@ class CppExtension:
                 warnings.simplefilter("ignore")
                 from torch.utils.cpp_extension import load
 
-                directory = self.build_directory()
-                directory.mkdir(parents=True, exist_ok=True)
                 return load(name=self.module_name(), sources=[str(s) for s in self.sources], extra_cflags=cflags(),
                             extra_ldflags=list(LDFLAGS), extra_include_paths=[str(INCLUDE)],
                             build_directory=str(directory), verbose=False)

@@ -6,6 +6,7 @@ renamed into place, so an interrupted save never leaves a half-written checkpoin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ from latentlm.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CHECKSUMS_FILE = "checksums.json"
+NO_VERIFY_ENV = "LATENTLM_NO_VERIFY"  # "1": skip checksum checks in this process and its children (--no-verify)
 
 
 @contextlib.contextmanager
@@ -44,14 +47,67 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks so that large weights need no extra memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """Record the SHA-256 of every file directly in `directory` in its `checksums.json`.
+
+    Called on the temporary folder of a save, before it is renamed into place, so the manifest is
+    written atomically with the files it describes. Loads check against it (`verify_file`): corruption
+    that keeps a file's size and header is caught instead of loading silently."""
+    sums = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS_FILE}
+    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+
+
+def verification_enabled(verify: bool = True) -> bool:
+    """Whether to check checksums: `verify`, unless $LATENTLM_NO_VERIFY=1 (set by the CLI's --no-verify)."""
+    return verify and os.environ.get(NO_VERIFY_ENV, "") in ("", "0")
+
+
+def _recorded_sums(manifest: Path) -> dict:
+    try:
+        sums = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{manifest} is unreadable ({type(e).__name__}); copy or save the checkpoint again, "
+                              "or pass --no-verify") from None
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"{manifest} must hold a JSON object; copy or save the checkpoint again, "
+                              "or pass --no-verify")
+    return sums
+
+
+def verify_file(path: str | Path, verify: bool = True) -> None:
+    """Raise CheckpointError when `path` differs from the SHA-256 recorded beside it in `checksums.json`.
+
+    A folder without a manifest (older checkpoints, the shipped model), a file the manifest does not list
+    and a missing file (its loader says so) pass: only a recorded hash that differs is an error."""
+    path = Path(path)
+    manifest = path.parent / CHECKSUMS_FILE
+    if not verification_enabled(verify) or not manifest.is_file() or not path.is_file():
+        return
+    expected = _recorded_sums(manifest).get(path.name)
+    if expected is not None and sha256_file(path) != expected:
+        raise CheckpointError(f"{path} does not match its recorded SHA-256 ({CHECKSUMS_FILE}): the file is corrupt; "
+                              "copy or save the checkpoint again, or pass --no-verify")
+
+
 def write_config(directory: Path, config: dict) -> None:
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def read_config(directory: str | Path) -> dict:
+def read_config(directory: str | Path, verify: bool = True) -> dict:
+    """The checkpoint's config.json as a dict, checked against its recorded SHA-256 when `verify`."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: a checkpoint directory needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    verify_file(path, verify)
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -78,17 +134,19 @@ def save_weights(
 
 def load_weights(
     module: nn.Module, directory: str | Path, exclude: tuple[str, ...] = (), grow_rows: tuple[str, ...] = (),
-    new_parts: tuple[str, ...] = (),
+    new_parts: tuple[str, ...] = (), verify: bool = True,
 ) -> None:
     """Load `model.safetensors` into `module` (all keys but `exclude`d ones), in the module's own dtype.
 
     Tensors named in `grow_rows` may hold fewer rows than the module's (a vocabulary grown at its end):
     the saved rows are loaded and the module keeps its own initial values for the rest. Parameters whose
     names start with one of `new_parts` may be absent (parts added since, e.g. a speech head on a model
-    that only drew and read): they keep their initial values."""
+    that only drew and read): they keep their initial values. With `verify`, the file is first checked
+    against its recorded SHA-256."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint has no weights; save or copy it again")
+    verify_file(path, verify)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -121,14 +179,15 @@ def save_codec(codec: nn.Module, directory: str | Path, dtype: torch.dtype | Non
     with atomic_dir(directory) as tmp:
         write_config(tmp, {"kind": kind} | codec.config_dict())
         save_weights(codec, tmp, dtype)
+        write_checksums(tmp)
     return Path(directory)
 
 
-def load_codec(directory: str | Path) -> nn.Module:
-    """Build the codec that `directory/config.json` describes and load its weights."""
+def load_codec(directory: str | Path, verify: bool = True) -> nn.Module:
+    """Build the codec that `directory/config.json` describes and load its weights (checked when `verify`)."""
     from latentlm.codecs import CODECS
 
-    config = read_config(directory)
+    config = read_config(directory, verify)
     kind = config.pop("kind", None)
     if kind not in CODECS:
         raise CheckpointError(
@@ -139,7 +198,7 @@ def load_codec(directory: str | Path) -> nn.Module:
         codec = cls(config_cls(**config))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: invalid codec config ({e})") from None
-    load_weights(codec, directory)
+    load_weights(codec, directory, verify=verify)
     return codec.eval()
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from latentlm.backbones import build_backbone
 from latentlm.checkpoint import (
     CONFIG_FILE, atomic_dir, load_codec, load_weights, read_config, resolve_checkpoint, save_codec,
-    save_weights, write_config,
+    save_weights, verify_file, write_checksums, write_config,
 )
 from latentlm.diffusion_head import DiffusionHead
 from latentlm.errors import CheckpointError
@@ -129,17 +129,19 @@ class LatentLM(nn.Module):
             shutil.copyfile(self.tokenizer.path, tmp / TOKENIZER_FILE)
             for modality, codec in self.codecs.items():
                 save_codec(codec, tmp / self.config.codecs[modality], dtype)
+            write_checksums(tmp)
         self.tokenizer = TextTokenizer(Path(directory) / TOKENIZER_FILE)
         return Path(directory)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, backbone: str | None = None) -> "LatentLM":
+    def from_pretrained(cls, name_or_path: str | Path, backbone: str | None = None, verify: bool = True) -> "LatentLM":
         """Load a shipped model name, a local checkpoint directory or a hub id.
 
         `backbone`, when given, is the backbone kind the checkpoint must hold: weights are tied to the
-        backbone they were trained with, so a mismatch is an error rather than a silent swap."""
+        backbone they were trained with, so a mismatch is an error rather than a silent swap. `verify` checks
+        each file against the SHA-256 recorded at save (checksums.json; folders without one load as before)."""
         directory = resolve_checkpoint(name_or_path)
-        raw = read_config(directory)
+        raw = read_config(directory, verify)
         try:
             config = ModelConfig.model_validate(raw)
         except ValueError as e:
@@ -150,15 +152,16 @@ class LatentLM(nn.Module):
                 f"model {str(name_or_path)!r} was trained with the {config.backbone.kind} backbone, not {backbone}; "
                 f"pass a model trained with `latentlm train CONFIG --backbone {backbone}`, or drop --backbone"
             )
+        verify_file(directory / TOKENIZER_FILE, verify)
         tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
         if tokenizer.vocab_size != config.vocab_size:
             raise CheckpointError(
                 f"{directory / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but {directory / CONFIG_FILE} "
                 f"expects {config.vocab_size}; use the tokenizer saved with this model"
             )
-        codecs = {m: load_codec(directory / sub) for m, sub in config.codecs.items()}
+        codecs = {m: load_codec(directory / sub, verify) for m, sub in config.codecs.items()}
         model = cls(config, tokenizer, codecs)
-        load_weights(model, directory, exclude=("codecs.",))
+        load_weights(model, directory, exclude=("codecs.",), verify=verify)
         return model.eval()
 
     def num_parameters(self) -> int:

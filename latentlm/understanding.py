@@ -52,8 +52,10 @@ def caption(model: LatentLM, pixels: Tensor, grounded: bool = False, via_boxes: 
 
 
 def ask(model: LatentLM, pixels: Tensor, questions: list[str]) -> list[str]:
-    """An answer per (picture, question)."""
-    return complete(model, pixels, [_clean(q, "question", "what colour is the circle?") for q in questions])
+    """An answer per (picture, question). A model trained with boxed answers boxes the objects before a
+    spatial answer (`tasks.boxed_answer`); the answer is the text without those tags."""
+    asked = [_clean(q, "question", "what colour is the circle?") for q in questions]
+    return [parse_grounded(a).text for a in complete(model, pixels, asked)]
 
 
 def ground(model: LatentLM, pixels: Tensor, phrases: list[str]) -> list[str]:

@@ -63,3 +63,35 @@ def test_a_demonstration_solves_the_same_task_on_another_scene(tiny_tokenizer_pa
 def test_icl_config_is_checked():
     with pytest.raises(ValueError, match="demos"):
         ICLConfig(demos=(0, 2))
+
+
+def test_boxed_answers_box_the_named_objects_first_and_read_back_plain():
+    from latentlm.data.shapes import object_tokens
+    from latentlm.data.tasks import Example, boxed_answer
+    from latentlm.grounding import parse_grounded
+
+    scene = next(s for s in (scene_for("train", i) for i in range(100)) if len(s.objects) == 2)
+    a, b = scene.objects
+    example = Example("vqa:relation", f"is the {b.colour} {b.shape} above the {a.colour} {a.shape}?", "no")
+    boxed = boxed_answer(scene, example)
+    assert boxed == object_tokens(b.box) + object_tokens(a.box) + " no"
+    assert parse_grounded(boxed).text == "no"
+
+
+def test_training_writes_boxed_answers_for_spatial_questions_only(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+    path = tmp_path / "lm.yaml"
+    path.write_text(f"""
+tokenizer: {tiny_tokenizer_path}
+codec: {tiny_codec_dir}
+backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
+head: {{width: 32, depth: 1}}
+data: {{n_train: 64, tasks: {{vqa: 1.0}}, boxed_answers: true}}
+train: {{steps: 1, batch_size: 32, seed: 0}}
+""")
+    task = LatentLMTask(load_yaml_config(path, LMTrainConfig), tmp_path)
+    tok = task.tokenizer
+    rows = [tok.decode([i for i, lat in zip(r.tolist(), m.tolist()) if not lat and i != tok.pad_id])
+            for r, m in zip(task.batch(0, 32).ids, task.batch(0, 32).is_latent)]
+    boxed = [r for r in rows if "<object>" in r]
+    assert boxed and all(r.split("</image>")[1].lstrip().startswith(("is ", "what is", "do you see")) for r in boxed)
+    assert any("how many" in r for r in rows) and not any("how many" in r for r in boxed)

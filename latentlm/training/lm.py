@@ -30,7 +30,7 @@ from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, collate, frame
 from latentlm.data.shapes import scene_for
-from latentlm.data.tasks import UNDERSTANDING_TASKS, draw_example
+from latentlm.data.tasks import BOXED_KINDS, UNDERSTANDING_TASKS, boxed_answer, draw_example
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
 from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
@@ -47,6 +47,7 @@ class LMDataConfig(BaseModel):
     tasks: dict[str, float] = Field(default_factory=lambda: {"t2i": 1.0})
     speech: TTSDataConfig = TTSDataConfig()  # used by the "tts" task
     icl: ICLConfig = ICLConfig()  # in-context batches: demonstrations before the query (latentlm.data.in_context)
+    boxed_answers: bool = False  # relation and "what is left of ..." answers follow the objects' boxes (tasks.boxed_answer)
 
     @field_validator("tasks")
     @classmethod
@@ -205,7 +206,10 @@ class LatentLMTask:
             text = [] if drop else tok.encode(caption_variant(scene.caption, rng, self.config.data.size_drop))
             return [Text([tok.bos_id] + text), *frame("image", sampled, tok.token_id), Text([tok.eos_id])], task
         example = draw_example(scene, task, rng)  # <image> mu </image> prompt answer
-        text = tok.encode(example.prompt) + tok.encode(example.answer) + [tok.eos_id]
+        answer = example.answer
+        if self.config.data.boxed_answers and example.task.removeprefix("vqa:") in BOXED_KINDS:
+            answer = boxed_answer(scene, example)
+        text = tok.encode(example.prompt) + tok.encode(answer) + [tok.eos_id]
         segments = [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
         return segments, task_key(task, example.task)
 

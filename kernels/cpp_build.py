@@ -117,7 +117,8 @@ class CppExtension:
                  for p in self._source_files()}
         return {"files": files, "cflags": cflags(), "ldflags": list(LDFLAGS), "include_paths": [str(INCLUDE)],
                 "torch": [torch.__version__, str(Path(torch.__file__).resolve().parent)],
-                "python": [sys.executable, sys.version, sysconfig.get_config_var("SOABI") or ""],
+                "python": [sys.prefix, os.path.realpath(sys.executable), sys.version,  # the venv, not python vs python3
+                           sysconfig.get_config_var("SOABI") or ""],
                 "machine": platform.machine(), "compiler": os.environ.get("CXX", "")}
 
     @functools.cached_property
@@ -140,6 +141,7 @@ class CppExtension:
         so on stderr when it compiles; raises on any failure."""
         directory = self.build_directory()
         with file_lock(directory / LOCK_FILE):
+            (directory / "lock").unlink(missing_ok=True)  # torch's own baton: under our lock, left by a killed build
             if not self.library_path().exists():
                 print(f"latentlm: compiling {self.what} (once, ~{COMPILE_SECONDS} s)...", file=sys.stderr, flush=True)
             return self._compile(directory)

@@ -120,7 +120,8 @@ class LatentLM(nn.Module):
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write config.json, model.safetensors, tokenizer.model and one sub-folder per codec."""
+        """Write config.json, model.safetensors, tokenizer.model and one sub-folder per codec, with the
+        SHA-256 of each file in checksums.json (checked by `from_pretrained`), all renamed into place at once."""
         if self.tokenizer is None:
             raise ValueError("a LatentLM needs its tokenizer to be saved")
         with atomic_dir(directory) as tmp:

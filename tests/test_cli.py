@@ -85,6 +85,8 @@ def test_corrupt_checkpoint(tiny_model_dir, tmp_path):
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     assert_user_error(run_cli("generate", "--prompt", "a red circle", "--model", str(broken), "-o",
+                              str(tmp_path / "x.png")), "model.safetensors", "SHA-256", "corrupt")
+    assert_user_error(run_cli("generate", "--prompt", "a red circle", "--model", str(broken), "--no-verify", "-o",
                               str(tmp_path / "x.png")), "model.safetensors", "truncated or corrupt")
     assert not (tmp_path / "x.png").exists()
 

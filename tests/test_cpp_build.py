@@ -63,7 +63,7 @@ def test_the_cache_key_follows_the_build_inputs_only(monkeypatch, tmp_path):
         assert _probe(tmp_path).digest != first  # a source's contents
         (tmp_path / "src" / "probe.cpp").write_text("int probe() { return 1; }\n")
         assert _probe(tmp_path).digest == first
-        monkeypatch.setattr(cpp_build.sys, "executable", "/elsewhere/venv/bin/python")
+        monkeypatch.setattr(cpp_build.sys, "prefix", "/elsewhere/venv")
         assert _probe(tmp_path).digest != first  # another venv
         other = tmp_path / "other-checkout"
         other.mkdir()

@@ -74,14 +74,14 @@ def _text_ids(model: LatentLM, text: str) -> list[int]:
     return ids
 
 
-def _prefill(model: LatentLM, texts: list[str], voice: VoicePrompt | None, guided: bool):
+def _prefill(model: LatentLM, text_ids: list[list[int]], voice: VoicePrompt | None, guided: bool):
     tok = model.tokenizer
     audio = tok.token_id("<audio>")
     open_span = Latent("audio", torch.zeros(0, model.config.audio_latent_dim))
     said = _text_ids(model, voice.transcript) if voice else []
     spoken = [Latent("audio", voice.latents, target=False)] if voice else []
-    cond = [[Text([tok.bos_id] + said + _text_ids(model, t) + [audio]), *spoken, open_span] for t in texts]
-    uncond = [[Text([tok.bos_id, audio]), *spoken, open_span] for _ in texts] if guided else []
+    cond = [[Text([tok.bos_id] + said + ids + [audio]), *spoken, open_span] for ids in text_ids]
+    uncond = [[Text([tok.bos_id, audio]), *spoken, open_span] for _ in text_ids] if guided else []
     return collate(cond + uncond, model.config.latent_width, tok.pad_id)
 
 
@@ -106,9 +106,10 @@ def sample_speech_latents(
     _check(steps, temperature)
     speech_codec(model)
     guided = cfg_scale != 1.0
-    batch = _prefill(model, texts, voice, guided)
+    text_ids = [_text_ids(model, t) for t in texts]
+    batch = _prefill(model, text_ids, voice, guided)
     b = len(texts)
-    cap = [model.config.max_audio_per_token * len(_text_ids(model, t)) for t in texts]
+    cap = [model.config.max_audio_per_token * len(ids) for ids in text_ids]
     head = model.diffusion_head("audio")
     out: list[Tensor] = []
     length = torch.full((b,), -1)  # frames of each row once it has ended

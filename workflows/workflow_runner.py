@@ -197,17 +197,9 @@ def _remove_empty(created: list[Path]) -> None:
 
 
 # ---- hashing ---------------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_record(model: str) -> dict:
     """The model's name, resolved checkpoint folder and the sha256 of its weights file."""
-    from latentlm.checkpoint import WEIGHTS_FILE, resolve_checkpoint
+    from latentlm.checkpoint import WEIGHTS_FILE, resolve_checkpoint, sha256_file
 
     directory = resolve_checkpoint(model)
     weights = Path(directory) / WEIGHTS_FILE

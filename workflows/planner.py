@@ -151,14 +151,19 @@ def _advance(ctx: _Context, step: Step, index: int) -> None:
 
 
 # ---- clauses -----------------------------------------------------------------------------------------
-_SEPARATOR = re.compile(r"\s*(?:[,;]|\.(?=\s))\s*(?:and\s+)?(?:then\s+)?|\s+and\s+(?:then\s+)?|\s+then\s+", re.I)
+_SEPARATOR = re.compile(r"\s*(?:[,;]|[.?!](?=\s))\s*(?:and\s+)?(?:then\s+|after\s+that\s+|afterwards\s+)?"
+                        r"|\s+and\s+(?:then\s+|after\s+that\s+|afterwards\s+)?|\s+(?:then|afterwards)\s+", re.I)
 _LEADS = re.compile(
     r"(?:describe|caption|say|speak|read|tell|where|what|which|how many|how big|is|are|do|does|find|locate|"
-    r"point|show me where|count|highlight|box|put a box|draw|paint|generate|create|sketch|render|make it|"
+    r"point|show me where|show where|count|highlight|box|put a box|draw|paint|generate|create|sketch|render|make it|"
+    r"ask|i want to know|i\'d like to know|"
     r"give me a caption|write a caption)\b")
 _BOXES_ONLY = re.compile(
     r"(?:draw|put|add|show|mark)\s+(?:me\s+)?(?:the\s+)?(?:bounding\s+)?box(?:es)?\b.*"
-    r"|show(?:\s+me)?\s+where\s+(?:things|they|the\s+(?:objects|shapes))\s+are")
+    r"|(?:show|tell)(?:\s+me)?\s+where\s+(?:things|they|everything|(?:the|each|every|all(?:\s+the)?)\s+"
+    r"(?:objects?|shapes?|things?))\s+(?:is|are)"
+    r"|(?:locate|find|box|mark)\s+(?:each|every|all(?:\s+the)?)\s+(?:objects?|shapes?|things?)(?:\s+in\s+(?:it|the\s+"
+    r"(?:description|caption|picture|image)))?")
 
 
 def clauses(text: str) -> list[str]:
@@ -186,11 +191,12 @@ def clauses(text: str) -> list[str]:
 
 
 # ---- wording -----------------------------------------------------------------------------------------
-_LEAD_WORDS = re.compile(r"^(?:(?:please|kindly|hey|hi|hello|yo|ok|okay|so|well|also|and|then|oh|alright|quick\s+question)\b[\s,!:.]*)+",
+_LEAD_WORDS = re.compile(r"^(?:(?:please|pls|plz|kindly|hey|hi|hello|yo|ok|okay|so|well|also|and|then|oh|alright|quick\s+question)\b[\s,!:.]*)+",
                          re.I)
 _ASKING = re.compile(r"^(?:(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+|kindly\s+)?(?:mind\s+)?|i'?d\s+like\s+you\s+to"
                      r"\s+|i\s+would\s+like\s+you\s+to\s+|i\s+want\s+you\s+to\s+|please\s+)", re.I)
 _TAIL = re.compile(r"(?:[\s,]+(?:please|pls|plz|for me|thanks|thank you|thx|ty|for me please))+[\s.!?]*$|[\s.!?,:;]+$", re.I)
+_BARE_SPEAK = re.compile(r"(?:say|speak|read|pronounce)(?:\s+(?:it\s+)?(?:out\s+loud|aloud))?", re.I)
 _CONTRACTIONS = ((r"\bwhat's\b", "what is"), (r"\bwhere's\b", "where is"), (r"\bwhats\b", "what is"),
                  (r"\bit's\b", "it is"), (r"\bthat's\b", "that is"))
 
@@ -199,7 +205,9 @@ def _polite(text: str) -> str:
     """`text` without the politeness around the instruction: 'Could you please draw ...?' -> 'draw ...'."""
     text = text.strip()
     while True:
-        stripped = _TAIL.sub("", _ASKING.sub("", _LEAD_WORDS.sub("", text))).strip()
+        stripped = _ASKING.sub("", _LEAD_WORDS.sub("", text)).strip()
+        untailed = _TAIL.sub("", stripped).strip()
+        stripped = stripped if _BARE_SPEAK.fullmatch(untailed) else untailed  # "say thank you" says the words
         if stripped == text:
             return text
         text = stripped
@@ -219,14 +227,16 @@ def _asked(clause: str) -> bool:
 
 # ---- one clause ----------------------------------------------------------------------------------------
 _FOLLOW = re.compile(r"(?:now|next|and now|ok now|how about|what about)\b\s*")
+_ALOUD = re.compile(r"\s*\b(?:out\s+loud|aloud)\b")
 _SPEAK = re.compile(r"(?:say|speak|read|pronounce)\b\s*(?P<rest>.*)", re.I | re.S)
 _LOCATE = re.compile(
     r"(?:where\s+(?:exactly\s+)?(?:in\s+(?:the|this|that)\s+(?:picture|image|pic|photo|drawing)\s+)?(?:is|are)\s+|(?:find|locate|highlight|outline|point\s+(?:to|at|out)|box|mark)\s+"
-    r"|(?:put|draw)\s+(?:a\s+)?box(?:es)?\s+(?:around|on)\s+|(?:tell|show)\s+me\s+where\s+)(?P<x>.+?)"
+    r"|(?:put|draw)\s+(?:a\s+)?box(?:es)?\s+(?:around|on)\s+|(?:tell|show)(?:\s+me)?\s+where\s+|(?:i'?d\s+like\s+to\s+know|i\s+want\s+to\s+know|i\s+wonder|do\s+you\s+know)\s+where\s+)(?P<x>.+?)"
     r"(?:\s+(?:is|are))?(?:\s+located)?(?:\s+(?:in|on)\s+(?:the|this|that)\s+(?:picture|image|pic|photo|drawing))?")
 _CAPTION = re.compile(
     r"(?:describe|caption|summari[sz]e)\b|(?:give|write|make)\s+(?:me\s+)?(?:a\s+)?(?:grounded\s+)?caption\b"
-    r"|(?:\w+\s+)*description\s+of\s+(?:it|(?:the|this|that)\s+(?:picture|image|pic|photo|drawing))\b"
+    r"|(?:[\w']+\s+)*description\s+of\s+(?:it|(?:the|this|that)(?:\s+(?:picture|image|pic|photo|drawing))?)\b"
+    r"|(?:[\w']+\s+)*?(?:a\s+)?(?:good\s+|short\s+|nice\s+)?(?:grounded\s+)?caption\s+(?:of|for)\s+(?:it|this|that|the)\b"
     r"|(?:a\s+)?grounded\s+caption\b"
     r"|what\s+(?:is|do\s+you\s+see|can\s+you\s+see)\s+(?:in|on)\s+(?:it|(?:the|this|that)\s+(?:picture|image|pic|photo|"
     r"drawing))\b|what\s+(?:do|can)\s+you\s+see\b|(?:tell\s+me\s+)?what\s+you\s+see\b|tell\s+me\s+what\s+is\s+in\b"
@@ -252,6 +262,11 @@ def _plan_clause(clause: str, ctx: _Context, offset: int) -> list[Step]:
     body = low[follow.end():] if follow else low
     if not body:
         raise PromptError(f"{clause!r} is not a request it can serve; it can: {CAN_DO}")
+    aloud = _ALOUD.search(body)
+    if aloud and not _SPEAK.match(body):  # "tell me what it is out loud" -> "say what it is"
+        unsaid = (body[:aloud.start()] + body[aloud.end():]).strip()
+        lead = _INDIRECT_LEAD.match(unsaid)
+        body = "say " + (unsaid[lead.end():] if lead else unsaid)
     if _SPEAK.match(body):
         return _speak(_SPEAK.match(_polite(clause)) or _SPEAK.match(body), body, ctx, offset)
     about = _about_picture(body, ctx)
@@ -303,7 +318,7 @@ def _phrase(text: str, ctx: _Context) -> str:
 
 
 # ---- questions --------------------------------------------------------------------------------------------
-_INDIRECT_LEAD = re.compile(r"(?:tell\s+me|i'?d\s+like\s+to\s+know|i\s+want\s+to\s+know|i\s+wonder|do\s+you\s+know)\s+")
+_INDIRECT_LEAD = re.compile(r"(?:ask(?:\s+(?:me|it))?|tell\s+me|i'?d\s+like\s+to\s+know|i\s+want\s+to\s+know|i\s+wonder|do\s+you\s+know)\s+")
 _INDIRECT = (
     (re.compile(r"(what|which)\s+(colou?r|shape|size)\s+(.+?)\s+(is|are)"), r"\1 \2 \4 \3"),
     (re.compile(r"the\s+(colou?r|shape|size)\s+of\s+(.+)"), r"what is the \1 of \2"),
@@ -406,10 +421,11 @@ def _edit(body: str, ctx: _Context, clause: str) -> Step:
 
 
 # ---- speech ------------------------------------------------------------------------------------------------
-_THAT = re.compile(r"(?:it|that|this|the\s+answer|the\s+caption|the\s+text|that\s+again|it\s+again)?")
+_THAT = re.compile(r"(?:it|that|this|the\s+(?:answer|caption|text|description|result)|that\s+again|it\s+again)?")
 _OUT_LOUD = re.compile(r"^(?:out\s+loud|aloud|out)\b\s*|\s*\b(?:out\s+loud|aloud|out)\s*$", re.I)
 # "read this out: hello world", "say the following: ...": the words after the colon are what to say
-_LEAD_IN = re.compile(r"^(?:(?:this|that|the\s+following|these\s+words|out|loud|aloud)\s*)+:\s*(?P<words>.+)$", re.I | re.S)
+_LEAD_IN = re.compile(r"^(?:(?:this|that|the\s+following|these\s+words|out|loud|aloud)\s*)+:\s*(?P<words>.+)$"
+                      r"|^the\s+(?:word|words|phrase|sentence)\s+(?P<named>.+)$", re.I | re.S)
 
 
 def _speak(match: re.Match, body: str, ctx: _Context, offset: int) -> list[Step]:
@@ -418,7 +434,7 @@ def _speak(match: re.Match, body: str, ctx: _Context, offset: int) -> list[Step]
     rest = _OUT_LOUD.sub("", match["rest"]).strip(" .!?,:;")
     lead_in = _LEAD_IN.match(rest)
     if lead_in:
-        return [Step(SPEECH, {field_name: lead_in["words"].strip(" \"'")})]
+        return [Step(SPEECH, {field_name: (lead_in["words"] or lead_in["named"]).strip(" \"'")})]
     low = _words_of(rest)
     if (low and _THAT.fullmatch(low)) or not rest:  # "say that", "say it again", a bare "say"
         if ctx.text is None:

@@ -151,7 +151,8 @@ def _advance(ctx: _Context, step: Step, index: int) -> None:
 
 
 # ---- clauses -----------------------------------------------------------------------------------------
-_SEPARATOR = re.compile(r"\s*(?:[,;]|[.?!](?=\s))\s*(?:and\s+)?(?:then\s+|after\s+that\s+|afterwards\s+)?"
+_SEPARATOR = re.compile(r"\s*(?:[,;]|[.?!](?=\s))\s*(?:and\s+)?(?:then\s+|after\s+that\s+|afterwards\s+"
+                        r"|(?:once|when)\s+(?:done|finished|that\s+is\s+done)\s*,?\s*)?"
                         r"|\s+and\s+(?:then\s+|after\s+that\s+|afterwards\s+)?|\s+(?:then|afterwards)\s+", re.I)
 _LEADS = re.compile(
     r"(?:describe|caption|say|speak|read|tell|where|what|which|how many|how big|is|are|do|does|find|locate|"
@@ -163,7 +164,7 @@ _BOXES_ONLY = re.compile(
     r"|(?:show|tell)(?:\s+me)?\s+where\s+(?:things|they|everything|(?:the|each|every|all(?:\s+the)?)\s+"
     r"(?:objects?|shapes?|things?))\s+(?:is|are)"
     r"|(?:locate|find|box|mark)\s+(?:each|every|all(?:\s+the)?)\s+(?:objects?|shapes?|things?)(?:\s+in\s+(?:it|the\s+"
-    r"(?:description|caption|picture|image)))?")
+    r"(?:description|caption|picture|image))|\s+(?:you\s+)?mention(?:ed)?)?")
 
 
 def clauses(text: str) -> list[str]:
@@ -191,14 +192,14 @@ def clauses(text: str) -> list[str]:
 
 
 # ---- wording -----------------------------------------------------------------------------------------
-_LEAD_WORDS = re.compile(r"^(?:(?:please|pls|plz|kindly|hey|hi|hello|yo|ok|okay|so|well|also|and|then|oh|alright|quick\s+question)\b[\s,!:.]*)+",
+_LEAD_WORDS = re.compile(r"^(?:(?:please|pls|plz|kindly|hey|hi|hello|yo|ok|okay|so|well|also|and|then|oh|alright|first|firstly|quick\s+question)\b[\s,!:.]*)+",
                          re.I)
 _ASKING = re.compile(r"^(?:(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+|kindly\s+)?(?:mind\s+)?|i'?d\s+like\s+you\s+to"
                      r"\s+|i\s+would\s+like\s+you\s+to\s+|i\s+want\s+you\s+to\s+|please\s+)", re.I)
 _TAIL = re.compile(r"(?:[\s,]+(?:please|pls|plz|for me|thanks|thank you|thx|ty|for me please))+[\s.!?]*$|[\s.!?,:;]+$", re.I)
 _BARE_SPEAK = re.compile(r"(?:say|speak|read|pronounce)(?:\s+(?:it\s+)?(?:out\s+loud|aloud))?", re.I)
 _CONTRACTIONS = ((r"\bwhat's\b", "what is"), (r"\bwhere's\b", "where is"), (r"\bwhats\b", "what is"),
-                 (r"\bit's\b", "it is"), (r"\bthat's\b", "that is"))
+                 (r"\bit's\b", "it is"), (r"\bthere's\b", "there is"), (r"\bthat's\b", "that is"))
 
 
 def _polite(text: str) -> str:
@@ -228,9 +229,12 @@ def _asked(clause: str) -> bool:
 # ---- one clause ----------------------------------------------------------------------------------------
 _FOLLOW = re.compile(r"(?:now|next|and now|ok now|how about|what about)\b\s*")
 _ALOUD = re.compile(r"\s*\b(?:out\s+loud|aloud)\b")
-_SPEAK = re.compile(r"(?:say|speak|read|pronounce)\b\s*(?P<rest>.*)", re.I | re.S)
+_SPEAK = re.compile(r"(?:say|speak|read|pronounce|repeat|voice|utter|tts)\b\s*(?P<rest>.*)", re.I | re.S)
+_HEAR = re.compile(r"(?:i'?d\s+(?:like|love)\s+to|i\s+want\s+to|i\s+wanna|wanna|let\s+me)\s+hear\s+(?:you\s+)?"
+                   r"(?:say\s+|speak\s+|read\s+)?(?P<rest>.+)")
 _LOCATE = re.compile(
-    r"(?:where\s+(?:exactly\s+)?(?:in\s+(?:the|this|that)\s+(?:picture|image|pic|photo|drawing)\s+)?(?:is|are)\s+|(?:find|locate|highlight|outline|point\s+(?:to|at|out)|box|mark)\s+"
+    r"(?:where\s+(?:can|do|would|could)\s+(?:i|you)\s+(?:find|see|spot)\s+|(?:(?:show|tell|give)\s+me\s+)?(?:the\s+)?"
+    r"(?:location|position)\s+of\s+|where\s+(?:exactly\s+)?(?:in\s+(?:the|this|that)\s+(?:picture|image|pic|photo|drawing)\s+)?(?:is|are)\s+|(?:find|locate|highlight|outline|point\s+(?:to|at|out)|box|mark)\s+"
     r"|(?:put|draw)\s+(?:a\s+)?box(?:es)?\s+(?:around|on)\s+|(?:tell|show)(?:\s+me)?\s+where\s+|(?:i'?d\s+like\s+to\s+know|i\s+want\s+to\s+know|i\s+wonder|do\s+you\s+know)\s+where\s+)(?P<x>.+?)"
     r"(?:\s+(?:is|are))?(?:\s+located)?(?:\s+(?:in|on)\s+(?:the|this|that)\s+(?:picture|image|pic|photo|drawing))?")
 _CAPTION = re.compile(
@@ -241,6 +245,8 @@ _CAPTION = re.compile(
     r"|what\s+(?:is|do\s+you\s+see|can\s+you\s+see)\s+(?:in|on)\s+(?:it|(?:the|this|that)\s+(?:picture|image|pic|photo|"
     r"drawing))\b|what\s+(?:do|can)\s+you\s+see\b|(?:tell\s+me\s+)?what\s+you\s+see\b|tell\s+me\s+what\s+is\s+in\b"
     r"|what\s+is\s+(?:this|that|it)(?:\s+(?:picture|image|pic|photo|drawing))?$"
+    r"|(?:tell\s+me\s+)?what\s+(?:this|the|that|it)\b(?:\s+(?:picture|image|pic|photo|drawing))?\s+looks?\s+like\b"
+    r"|how\s+would\s+you\s+(?:describe|caption)\b|what\s+you\s+(?:drew|made|painted|created)\b"
     r"|what\s+did\s+you\s+(?:draw|make|paint|create)\b|what\s+does\s+(?:the|this|it)\s*(?:picture|image|pic|photo|"
     r"drawing)?\s*show\b|what\s+is\s+(?:shown|pictured)\b|what\s+it\s+is$|what\s+this\s+is$")
 _SHOW_THE = re.compile(r"show\s+me\s+(?P<x>the\s+.+)")  # with a picture at hand: find it there
@@ -262,11 +268,13 @@ def _plan_clause(clause: str, ctx: _Context, offset: int) -> list[Step]:
     body = low[follow.end():] if follow else low
     if not body:
         raise PromptError(f"{clause!r} is not a request it can serve; it can: {CAN_DO}")
-    aloud = _ALOUD.search(body)
-    if aloud and not _SPEAK.match(body):  # "tell me what it is out loud" -> "say what it is"
-        unsaid = (body[:aloud.start()] + body[aloud.end():]).strip()
+    aloud, hear = _ALOUD.search(body), _HEAR.fullmatch(body)
+    if hear:  # "I'd like to hear you say hello" -> "say hello"
+        body = "say " + hear["rest"]
+    elif aloud and not _SPEAK.match(body):  # "tell me what it is out loud" -> "say what it is"
+        unsaid = re.sub(r"^tell\s+me\b\s*", "", (body[:aloud.start()] + body[aloud.end():]).strip())
         lead = _INDIRECT_LEAD.match(unsaid)
-        body = "say " + (unsaid[lead.end():] if lead else unsaid)
+        body = ("say " + (unsaid[lead.end():] if lead else unsaid)).strip()
     if _SPEAK.match(body):
         return _speak(_SPEAK.match(_polite(clause)) or _SPEAK.match(body), body, ctx, offset)
     about = _about_picture(body, ctx)
@@ -276,7 +284,7 @@ def _plan_clause(clause: str, ctx: _Context, offset: int) -> list[Step]:
     if _EDIT_VERB.match(body) or (_EDIT_WORD.search(body) and not question_like):
         return [_edit(body, ctx, clause)]
     if follow or (ctx.prompt and _fragment(body)):
-        if _starts_drawing(body) or _complete(body):
+        if (_starts_drawing(body) or _complete(body)) and not (ctx.prompt and _IT.search(body)):
             return [_draw(body, ctx, clause)]
         return [_edit(body, ctx, clause)]
     if _INDIRECT_LEAD.match(body) or _COUNT.fullmatch(body):
@@ -303,13 +311,16 @@ def _picture(ctx: _Context, body: str):
     return ctx.picture
 
 
+_IT = re.compile(r"\b(?:it|that\s+one|this\s+one)\b")
+
+
 def _it(text: str, ctx: _Context, shape_question: bool = False) -> str:
     """The word "it" as the thing of a one-thing drawing: "the circle" ("the red object" if the shape is asked)."""
-    described = parse_description(ctx.prompt) if ctx.prompt and re.search(r"\bit\b", text) else None
+    described = parse_description(ctx.prompt) if ctx.prompt and _IT.search(text) else None
     if described is None or len(described.things) != 1:
         return text
     thing = described.things[0]
-    return re.sub(r"\bit\b", f"the {thing.colour} object" if shape_question else f"the {thing.shape}", text)
+    return _IT.sub(f"the {thing.colour} object" if shape_question else f"the {thing.shape}", text)
 
 
 def _phrase(text: str, ctx: _Context) -> str:
@@ -318,12 +329,13 @@ def _phrase(text: str, ctx: _Context) -> str:
 
 
 # ---- questions --------------------------------------------------------------------------------------------
-_INDIRECT_LEAD = re.compile(r"(?:ask(?:\s+(?:me|it))?|tell\s+me|i'?d\s+like\s+to\s+know|i\s+want\s+to\s+know|i\s+wonder|do\s+you\s+know)\s+")
+_INDIRECT_LEAD = re.compile(r"(?:ask(?:\s+(?:me|it))?|tell\s+me|i'?d\s+like\s+to\s+know|i\s+want\s+to\s+know|i\s+wonder|do\s+you\s+know|i'?m\s+curious|i\s+am\s+curious)\s+")
 _INDIRECT = (
     (re.compile(r"(what|which)\s+(colou?r|shape|size)\s+(.+?)\s+(is|are)"), r"\1 \2 \4 \3"),
     (re.compile(r"the\s+(colou?r|shape|size)\s+of\s+(.+)"), r"what is the \1 of \2"),
     (re.compile(r"how\s+many\s+(.+?)\s+there\s+(?:are|is)"), r"how many \1 are there"),
     (re.compile(r"(?:if|whether)\s+there\s+(is|are)\s+(.+)"), r"\1 there \2"),
+    (re.compile(r"(?:if|whether)\s+((?:the|it|that)\b.*?)\s+(is|are)\s+(.+)"), r"\2 \1 \3"),
     (re.compile(r"how\s+(big|large)\s+(.+?)\s+is"), r"how \1 is \2"),
 )
 _COUNT = re.compile(r"count\s+(?:the\s+)?(?P<x>.+)")
@@ -350,7 +362,8 @@ def _direct(body: str) -> str:
 
 # ---- drawing and editing ---------------------------------------------------------------------------------
 _DRAW_INTRO = re.compile(
-    r"(?:(?:i'?d\s+like|i\s+would\s+like|i\s+want|i\s+need|i'?d\s+love|i'?d\s+appreciate|i\s+would\s+appreciate|"
+    r"(?:(?:(?:i'?d\s+like|i\s+would\s+like|i\s+want|i'?d\s+love|i\s+would\s+love)\s+to\s+see|(?:i\s+)?wanna\s+see|"
+    r"i'?d\s+like|i\s+would\s+like|i\s+want|i\s+need|i'?d\s+love|i'?d\s+appreciate|i\s+would\s+appreciate|"
     r"(?:can|could|may)\s+i\s+(?:have|get|see)|"
     r"let\s+me\s+see|let's\s+see|let\s+us\s+see)\s+)?"
     r"(?:(?:draw|drawing|generate|generating|make|making|create|creating|paint|painting|render|rendering|sketch|gimme|"
@@ -424,8 +437,8 @@ def _edit(body: str, ctx: _Context, clause: str) -> Step:
 _THAT = re.compile(r"(?:it|that|this|the\s+(?:answer|caption|text|description|result)|that\s+again|it\s+again)?")
 _OUT_LOUD = re.compile(r"^(?:out\s+loud|aloud|out)\b\s*|\s*\b(?:out\s+loud|aloud|out)\s*$", re.I)
 # "read this out: hello world", "say the following: ...": the words after the colon are what to say
-_LEAD_IN = re.compile(r"^(?:(?:this|that|the\s+following|these\s+words|out|loud|aloud)\s*)+:\s*(?P<words>.+)$"
-                      r"|^the\s+(?:word|words|phrase|sentence)\s+(?P<named>.+)$", re.I | re.S)
+_LEAD_IN = re.compile(r"^(?:(?:this|that|it|the\s+following|these\s+words|out|loud|aloud|for\s+me|please)\s*)*:"
+                      r"\s*(?P<words>.+)$|^the\s+(?:word|words|phrase|sentence|text)\s+(?P<named>.+)$", re.I | re.S)
 
 
 def _speak(match: re.Match, body: str, ctx: _Context, offset: int) -> list[Step]:

@@ -157,10 +157,11 @@ _SEPARATOR = re.compile(r"\s*(?:[,;]|[.?!](?=\s))\s*(?:and\s+)?(?:then\s+|after\
 _LEADS = re.compile(
     r"(?:describe|caption|say|speak|read|tell|where|what|which|how many|how big|is|are|do|does|find|locate|"
     r"point|show me where|show where|count|highlight|box|put a box|draw|paint|generate|create|sketch|render|make it|"
-    r"ask|i want to know|i\'d like to know|"
+    r"ask|i want to know|i\'d like to know|give me a description|give me a caption|explain|tell me about|"
+    r"illustrate|text to speech|repeat|voice|"
     r"give me a caption|write a caption)\b")
 _BOXES_ONLY = re.compile(
-    r"(?:draw|put|add|show|mark)\s+(?:me\s+)?(?:the\s+)?(?:bounding\s+)?box(?:es)?\b.*"
+    r"(?:draw|put|add|show|mark)\s+(?:me\s+)?(?:the\s+|a\s+)?(?:bounding\s+)?box(?:es)?\b.*"
     r"|(?:show|tell)(?:\s+me)?\s+where\s+(?:things|they|everything|(?:the|each|every|all(?:\s+the)?)\s+"
     r"(?:objects?|shapes?|things?))\s+(?:is|are)"
     r"|(?:locate|find|box|mark)\s+(?:each|every|all(?:\s+the)?)\s+(?:objects?|shapes?|things?)(?:\s+in\s+(?:it|the\s+"
@@ -192,9 +193,11 @@ def clauses(text: str) -> list[str]:
 
 
 # ---- wording -----------------------------------------------------------------------------------------
-_LEAD_WORDS = re.compile(r"^(?:(?:please|pls|plz|kindly|hey|hi|hello|yo|ok|okay|so|well|also|and|then|oh|alright|first|firstly|quick\s+question)\b[\s,!:.]*)+",
+_LEAD_WORDS = re.compile(r"^(?:(?:please|pls|plz|kindly|hey|hi|hello|yo|ok|okay|so|well|also|and|then|oh|alright|first|"
+                         r"firstly|thanks|thank\s+you|great|cool|nice|perfect|let's|lets|quick\s+question|quick|quickly)"
+                         r"\b[\s,!:.]*)+",
                          re.I)
-_ASKING = re.compile(r"^(?:(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+|kindly\s+)?(?:mind\s+)?|i'?d\s+like\s+you\s+to"
+_ASKING = re.compile(r"^(?:(?:(?:can|could|would|will|please)\s+)?(?:you|u)\s+(?:please\s+|kindly\s+)?(?:mind\s+)?(?:to\s+)?|i'?d\s+like\s+you\s+to"
                      r"\s+|i\s+would\s+like\s+you\s+to\s+|i\s+want\s+you\s+to\s+|please\s+)", re.I)
 _TAIL = re.compile(r"(?:[\s,]+(?:please|pls|plz|for me|thanks|thank you|thx|ty|for me please))+[\s.!?]*$|[\s.!?,:;]+$", re.I)
 _BARE_SPEAK = re.compile(r"(?:say|speak|read|pronounce)(?:\s+(?:it\s+)?(?:out\s+loud|aloud))?", re.I)
@@ -216,7 +219,7 @@ def _polite(text: str) -> str:
 
 def _words_of(clause: str) -> str:
     """The clause's instruction, lowercase, polite words and final punctuation gone, contractions opened."""
-    low = _polite(clause).lower()
+    low = re.sub(r"(?:\.{2,}|\u2026)\s*", " ", _polite(clause).lower())
     for pattern, words in _CONTRACTIONS:
         low = re.sub(pattern, words, low)
     return " ".join(low.split())
@@ -229,16 +232,18 @@ def _asked(clause: str) -> bool:
 # ---- one clause ----------------------------------------------------------------------------------------
 _FOLLOW = re.compile(r"(?:now|next|and now|ok now|how about|what about)\b\s*")
 _ALOUD = re.compile(r"\s*\b(?:out\s+loud|aloud)\b")
-_SPEAK = re.compile(r"(?:say|speak|read|pronounce|repeat|voice|utter|tts)\b\s*(?P<rest>.*)", re.I | re.S)
+_SPEAK = re.compile(r"(?:say|speak|read|pronounce|repeat|voice|utter|tts|text\s+to\s+speech)\b\s*(?P<rest>.*)",
+                    re.I | re.S)
 _HEAR = re.compile(r"(?:i'?d\s+(?:like|love)\s+to|i\s+want\s+to|i\s+wanna|wanna|let\s+me)\s+hear\s+(?:you\s+)?"
                    r"(?:say\s+|speak\s+|read\s+)?(?P<rest>.+)")
 _LOCATE = re.compile(
-    r"(?:where\s+(?:can|do|would|could)\s+(?:i|you)\s+(?:find|see|spot)\s+|(?:(?:show|tell|give)\s+me\s+)?(?:the\s+)?"
+    r"(?:(?:find|locate)\s+(?:out\s+)?where\s+|(?:find|locate)\s+me\s+|where\s+(?:can|do|would|could)\s+(?:i|you)\s+(?:find|see|spot)\s+|(?:(?:show|tell|give)\s+me\s+)?(?:the\s+)?"
     r"(?:location|position)\s+of\s+|where\s+(?:exactly\s+)?(?:in\s+(?:the|this|that)\s+(?:picture|image|pic|photo|drawing)\s+)?(?:is|are)\s+|(?:find|locate|highlight|outline|point\s+(?:to|at|out)|box|mark)\s+"
     r"|(?:put|draw)\s+(?:a\s+)?box(?:es)?\s+(?:around|on)\s+|(?:tell|show)(?:\s+me)?\s+where\s+|(?:i'?d\s+like\s+to\s+know|i\s+want\s+to\s+know|i\s+wonder|do\s+you\s+know)\s+where\s+)(?P<x>.+?)"
     r"(?:\s+(?:is|are))?(?:\s+located)?(?:\s+(?:in|on)\s+(?:the|this|that)\s+(?:picture|image|pic|photo|drawing))?")
 _CAPTION = re.compile(
-    r"(?:describe|caption|summari[sz]e)\b|(?:give|write|make)\s+(?:me\s+)?(?:a\s+)?(?:grounded\s+)?caption\b"
+    r"(?:\w+ly\s+)?(?:describe|caption|summari[sz]e)\b|(?:give|write|make)\s+(?:me\s+)?(?:a\s+)?(?:short\s+|brief\s+)?"
+    r"(?:grounded\s+)?(?:caption|description)\b|explain\s+(?:it|this|that|the)\b|tell\s+me\s+about\s+(?:it|this|that|the)\b"
     r"|(?:[\w']+\s+)*description\s+of\s+(?:it|(?:the|this|that)(?:\s+(?:picture|image|pic|photo|drawing))?)\b"
     r"|(?:[\w']+\s+)*?(?:a\s+)?(?:good\s+|short\s+|nice\s+)?(?:grounded\s+)?caption\s+(?:of|for)\s+(?:it|this|that|the)\b"
     r"|(?:a\s+)?grounded\s+caption\b"
@@ -367,6 +372,7 @@ _DRAW_INTRO = re.compile(
     r"(?:can|could|may)\s+i\s+(?:have|get|see)|"
     r"let\s+me\s+see|let's\s+see|let\s+us\s+see)\s+)?"
     r"(?:(?:draw|drawing|generate|generating|make|making|create|creating|paint|painting|render|rendering|sketch|gimme|"
+    r"illustrate|depict|"
     r"sketching|produce|producing|show|give|imagine)(?:\s+me)?\s*:?(?:\s+|$))?"
     r"(?:(?:(?:a|an|the|one|new)\s+)*(?:image|picture|pic|drawing|painting|photo|sketch|illustration)s?\s*"
     r"(?:of|with|showing|containing|that\s+shows|:)(?:\s+|$))?")
@@ -406,7 +412,24 @@ def _draw(body: str, ctx: _Context, clause: str) -> Step:
     if ctx.given:
         raise PromptError(f"{clause!r} asks for a new drawing, but a picture was given; leave the picture out to draw, "
                           f"or ask about it ('describe it', 'where is the circle?')")
-    return Step("text-to-image", {"prompt": _with_articles(normalise(description))})
+    return Step("text-to-image", {"prompt": _with_articles(_shapes_span(normalise(description)))})
+
+
+_THING = rf"(?:(?:a|an|the|one)\s+)?(?:(?:{'|'.join(SIZE_WORDS)})\s+)?(?:(?:{'|'.join(COLOURS)})\s+)?(?:{'|'.join(SHAPES)})"
+_SPAN = re.compile(rf"{_THING}(?:\s+(?:left\s+of|right\s+of|above|below)\s+{_THING})?")
+
+
+def _shapes_span(description: str) -> str:
+    """'a large purple triangle for my slides' -> 'a large purple triangle': the words around one description of
+    the shapes world are dropped, when the span holds every shape word; anything else stays as it is."""
+    if _SPAN.fullmatch(description):
+        return description
+    spans = list(_SPAN.finditer(description))
+    if len(spans) != 1:
+        return description
+    span = spans[0].group(0)
+    outside = set((description[:spans[0].start()] + " " + description[spans[0].end():]).split())
+    return description if outside & {*COLOURS, *SHAPES} else span
 
 
 def _with_articles(description: str) -> str:
@@ -434,17 +457,19 @@ def _edit(body: str, ctx: _Context, clause: str) -> Step:
 
 
 # ---- speech ------------------------------------------------------------------------------------------------
-_THAT = re.compile(r"(?:it|that|this|the\s+(?:answer|caption|text|description|result)|that\s+again|it\s+again)?")
+_THAT = re.compile(r"(?:(?:it|that|this|the\s+(?:last\s+)?(?:answer|caption|text|description|result|number|reply|"
+                   r"response|colou?r|shape))(?:\s+again)?(?:\s+(?:to|for)\s+me)?)?")
 _OUT_LOUD = re.compile(r"^(?:out\s+loud|aloud|out)\b\s*|\s*\b(?:out\s+loud|aloud|out)\s*$", re.I)
 # "read this out: hello world", "say the following: ...": the words after the colon are what to say
-_LEAD_IN = re.compile(r"^(?:(?:this|that|it|the\s+following|these\s+words|out|loud|aloud|for\s+me|please)\s*)*:"
+_LEAD_IN = re.compile(r"^(?:(?:this|that|it|the|following|these|those|words?|text|sentence|phrase|line|out|loud|aloud|"
+                      r"for\s+me|please)\s*)*:"
                       r"\s*(?P<words>.+)$|^the\s+(?:word|words|phrase|sentence|text)\s+(?P<named>.+)$", re.I | re.S)
 
 
 def _speak(match: re.Match, body: str, ctx: _Context, offset: int) -> list[Step]:
     """Speech: "say that" (the last text), "say what it is" (caption, then speech), "say hello" (those words)."""
     field_name = _speech_field()
-    rest = _OUT_LOUD.sub("", match["rest"]).strip(" .!?,:;")
+    rest = _OUT_LOUD.sub("", match["rest"].strip(" .!?,;")).strip(" .!?,:;")
     lead_in = _LEAD_IN.match(rest)
     if lead_in:
         return [Step(SPEECH, {field_name: (lead_in["words"] or lead_in["named"]).strip(" \"'")})]

@@ -12,6 +12,7 @@ import click
 
 from latentlm.cli.outputs import (PICTURE_FORMATS, check_picture_path, check_writable_dir, echo_warnings,  # noqa: F401
                                   one_line, save_picture)
+from latentlm.cli.icl_options import icl_options, icl_session
 from latentlm.cli.verify_option import NO_VERIFY
 from latentlm.errors import LatentLMError
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
@@ -116,10 +117,19 @@ def run_options(f):
     return f
 
 
+NUM_PROCESSES = click.option(
+    "--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Train in N local processes (DDP; train.distributed: fsdp on GPUs), each on batch_size / N rows. "
+         "On several machines use torchrun or accelerate launch instead (README).")
+
+
 @cli.command("train-codec")
 @click.argument("config", type=click.Path(path_type=Path))
 @run_options
-def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool) -> None:
+@NUM_PROCESSES
+@NO_VERIFY
+def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool,
+                    num_processes: int) -> None:
     """Train a codec from a YAML config; its `kind` picks the codec and data.
 
     Kinds: image_sigma_vae (shapes scenes), audio_sigma_vae and encodec_tokenizer (speech crops).
@@ -128,30 +138,60 @@ def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | 
     Examples:
       latentlm train-codec latentlm/configs/shapes-tiny-vae.yaml -o runs/vae
       latentlm train-codec latentlm/configs/speech-vae.yaml -o runs/speech-vae
+      latentlm train-codec latentlm/configs/shapes-tiny-vae.yaml -o runs/vae --num-processes 2
     """
     from latentlm.training.codec import train_codec
+    from latentlm.training.launch import is_main_process
 
-    click.echo(str(train_codec(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress)))
+    final = train_codec(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
+                        num_processes=num_processes)
+    if is_main_process():
+        click.echo(str(final))
 
 
 @cli.command("train")
 @click.argument("config", type=click.Path(path_type=Path))
 @run_options
+@NUM_PROCESSES
+@NO_VERIFY
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Override the config's backbone kind.")
 def train_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool,
-              backbone: str | None) -> None:
+              num_processes: int, backbone: str | None) -> None:
     """Train a LatentLM from a YAML config (accelerate: CPU, DDP, FSDP, mixed precision).
 
     \b
     Example:
       latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny
       latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny --resume
+      latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny --num-processes 2
     """
+    from latentlm.training.launch import is_main_process
     from latentlm.training.lm import train_lm
 
     final = train_lm(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
-                     backbone=backbone)
-    click.echo(str(final))
+                     backbone=backbone, num_processes=num_processes)
+    if is_main_process():
+        click.echo(str(final))
+
+
+@cli.command("train-baseline")
+@click.argument("config", type=click.Path(path_type=Path))
+@run_options
+@NUM_PROCESSES
+@NO_VERIFY
+def train_baseline_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool,
+                       num_processes: int) -> None:
+    """Train the codec-token TTS baseline (VALL-E style: AR over codebook 1, NAR over the rest) on EnCodec codes.
+
+    \b
+    Example:
+      latentlm train-baseline latentlm/configs/speech-valle.yaml -o runs/speech-valle
+      latentlm train-baseline latentlm/configs/speech-valle.yaml -o runs/speech-valle --resume --max-minutes 60
+    """
+    from latentlm.training.codec_lm import train_codec_lm
+
+    click.echo(str(train_codec_lm(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
+                                  num_processes=num_processes)))
 
 
 @cli.command("export")
@@ -295,10 +335,8 @@ def _echo_result(result, as_json: bool) -> None:
         click.echo(f"  {e.phrase}: {boxes}")
 
 
-def _session(model: str, strict: bool = False):
-    from latentlm.workflows.session import Session
-
-    return Session(model, strict=strict)
+def _session(model: str, strict: bool = False, icl=None):
+    return icl_session(model, icl, strict)
 
 
 def _check_image(image: str) -> None:
@@ -313,15 +351,17 @@ def _check_image(image: str) -> None:
 @_model_option
 @NO_VERIFY
 @_json_option
-def caption_cmd(image: str, grounded: bool, model: str, as_json: bool) -> None:
+@icl_options
+def caption_cmd(image: str, grounded: bool, model: str, as_json: bool, icl) -> None:
     """Describe a picture.
 
     \b
     Example:
       latentlm caption scene.png --grounded
+      latentlm caption scene.png --icl auto
     """
     _check_image(image)
-    _echo_result(_session(model).caption(image, grounded=grounded), as_json)
+    _echo_result(_session(model, icl=icl).caption(image, grounded=grounded), as_json)
 
 
 @cli.command("ask")
@@ -331,7 +371,8 @@ def caption_cmd(image: str, grounded: bool, model: str, as_json: bool) -> None:
 @NO_VERIFY
 @_json_option
 @STRICT
-def ask_cmd(image: str, question: str, model: str, as_json: bool, strict: bool) -> None:
+@icl_options
+def ask_cmd(image: str, question: str, model: str, as_json: bool, strict: bool, icl) -> None:
     """Answer a question about a picture.
 
     \b
@@ -341,7 +382,7 @@ def ask_cmd(image: str, question: str, model: str, as_json: bool, strict: bool) 
     if not question.strip():
         raise LatentLMError("the question is empty; e.g. 'what colour is the circle?'")
     _check_image(image)
-    _echo_result(_session(model, strict).ask(image, question), as_json)
+    _echo_result(_session(model, strict, icl).ask(image, question), as_json)
 
 
 @cli.command("ground")
@@ -353,7 +394,8 @@ def ask_cmd(image: str, question: str, model: str, as_json: bool, strict: bool) 
 @NO_VERIFY
 @_json_option
 @STRICT
-def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_json: bool, strict: bool) -> None:
+@icl_options
+def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_json: bool, strict: bool, icl) -> None:
     """Find a phrase in a picture: its box in the picture's pixels.
 
     \b
@@ -365,7 +407,7 @@ def ground_cmd(image: str, phrase: str, draw_to: Path | None, model: str, as_jso
     if draw_to is not None:
         draw_to = check_picture_path(draw_to, "--draw")
     _check_image(image)
-    result = _session(model, strict).ground(image, phrase)
+    result = _session(model, strict, icl).ground(image, phrase)
     if draw_to is not None:
         save_picture(result.image, draw_to)
     _echo_result(result, as_json)
@@ -450,29 +492,45 @@ def eval_codec_cmd(modality: str, model: str, codec_dir: Path | None, n: int | N
 
 
 @eval_group.command("tts")
-@click.option("--model", default="shapes-tiny", show_default=True)
+@click.option("--model", default="shapes-tiny", show_default=True,
+              help="A LatentLM, or a codec-token baseline (latentlm train-baseline).")
 @NO_VERIFY
 @click.option("--n", "n", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out sentences.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="test to report; val for choices (steps, CFG).")
 @click.option("--steps", type=click.IntRange(min=1, max=1000), default=None, help="DPM-Solver++ steps per latent.")
 @click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="LatentLM: scale of the starting noise; baseline: of the AR's logits [default: 1.0].")
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None,
+              help="Baseline only: sample each code from the k most likely [default: 50].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def eval_tts_cmd(model: str, n: int, split: str, steps: int | None, cfg: float | None, seed: int) -> None:
+def eval_tts_cmd(model: str, n: int, split: str, steps: int | None, cfg: float | None, temperature: float | None,
+                 top_k: int | None, seed: int) -> None:
     """Text-to-speech on held-out sentences against espeak-ng's rendering (JSON on stdout): intelligibility
-    (pocketsphinx), MCD-DTW, duration, voice match, real-time factor.
+    (pocketsphinx), MCD-DTW, duration, voice match, real-time factor, AR steps and network calls per second.
 
     \b
-    Example:
+    Examples:
       latentlm eval tts --model shapes-tiny --n 40
+      latentlm eval tts --model runs/speech-valle/final --n 40      # the codec-token baseline
     """
-    from latentlm.evaluation.tts import eval_tts
-    from latentlm.model import LatentLM
-    from latentlm.speech import DEFAULT_SPEECH_CFG, DEFAULT_SPEECH_STEPS
+    from latentlm.codec_lm import CodecLM
+    from latentlm.codec_lm_speech import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    from latentlm.evaluation.tts import eval_tts, load_tts_model
+    from latentlm.speech import DEFAULT_SPEECH_CFG, DEFAULT_SPEECH_STEPS, DEFAULT_SPEECH_TEMPERATURE
 
-    lm = LatentLM.from_pretrained(model)
+    lm = load_tts_model(model)
+    baseline = isinstance(lm, CodecLM)
+    if baseline and (steps is not None or cfg is not None):
+        raise LatentLMError("--steps and --cfg are for LatentLM models; the codec-token baseline samples with "
+                            "--temperature and --top-k")
+    if not baseline and top_k is not None:
+        raise LatentLMError("--top-k is for the codec-token baseline; a LatentLM samples with --steps, --cfg and "
+                            "--temperature")
     report = eval_tts(lm, n, split, steps or DEFAULT_SPEECH_STEPS, DEFAULT_SPEECH_CFG if cfg is None else cfg,
-                      seed=seed)
+                      temperature or (DEFAULT_TEMPERATURE if baseline else DEFAULT_SPEECH_TEMPERATURE), seed=seed,
+                      top_k=top_k or DEFAULT_TOP_K)
     click.echo(json.dumps(report, indent=2))
 
 

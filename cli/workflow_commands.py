@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from latentlm.cli.icl_options import ICL_MODES, ICLChoice, icl_options, icl_session
 from latentlm.cli.verify_option import NO_VERIFY
 from latentlm.errors import LatentLMError
 
@@ -31,11 +32,12 @@ WORKFLOW_SUFFIXES = (".yaml", ".yml")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan as JSON without loading the model.")
 @click.option("--image", default=None, help="Request only: the picture it is about.")
 @click.option("--seed", type=int, default=None, help="Request only (a workflow file sets its own seeds).")
-@click.option("--strict", is_flag=True, help="Request only: refuse (exit 2) words or forms the model was not "
-                                             "trained on, instead of running with a warning.")
+@click.option("--strict", is_flag=True, help="Refuse (exit 2) words or forms the model was not trained on, instead "
+                                             "of running with a warning (a file: in literals and inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Request only: print the Result as JSON (Result.to_dict()).")
+@icl_options
 def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: str, list_examples: bool,
-            dry_run: bool, image: str | None, seed: int | None, strict: bool, as_json: bool) -> None:
+            dry_run: bool, image: str | None, seed: int | None, strict: bool, as_json: bool, icl: ICLChoice) -> None:
     """Run a workflow file, a shipped example, or a free-text request.
 
     \b
@@ -55,6 +57,7 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
       latentlm run "draw a red circle" -o circle.png
       latentlm run "draw a red circle" --dry-run
       latentlm run "draw a red circle and describe it" -o out/ --json
+      latentlm run "what colour is the circle?" --image scene.png --icl auto
     """
     if list_examples:
         if target is not None:
@@ -65,11 +68,11 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
         raise click.UsageError("give a workflow FILE.yaml, an example name (see --list) or a request in quotes")
     path = workflow_path(target)
     if path is not None:
-        if strict or as_json:
-            raise click.UsageError("--strict and --json are for requests; a workflow file writes manifest.json")
-        _run_file(path, sets, out, model, dry_run, image, seed)
+        if as_json:
+            raise click.UsageError("--json is for requests; a workflow file writes manifest.json")
+        _run_file(path, sets, out, model, dry_run, image, seed, icl, strict)
     else:
-        _run_request(target, sets, out, model, dry_run, image, seed, strict, as_json)
+        _run_request(target, sets, out, model, dry_run, image, seed, strict, as_json, icl)
 
 
 def workflow_path(target: str) -> Path | None:
@@ -93,7 +96,9 @@ def _list_examples() -> None:
         click.echo(f"{name.ljust(width)}  {summary}")
 
 
-def _run_file(path: Path, sets, out, model, dry_run, image, seed) -> None:
+def _run_file(path: Path, sets, out, model, dry_run, image, seed, icl: ICLChoice | None = None,
+              strict: bool = False) -> None:
+    from latentlm.cli.outputs import echo_warnings
     from latentlm.workflows.workflow_file import load_workflow_file
     from latentlm.workflows.workflow_runner import parse_sets, resolve_inputs, run_workflow
 
@@ -101,23 +106,32 @@ def _run_file(path: Path, sets, out, model, dry_run, image, seed) -> None:
         raise click.UsageError("--image and --seed are for requests; a workflow file takes its inputs with "
                                "--set KEY=VALUE (e.g. --set seed=4)")
     wf = load_workflow_file(path)
+    icl = icl or ICLChoice(None)
+    icl.session_kwargs()  # a bad --icl combination fails before any model work
     if dry_run:
         _, recorded = resolve_inputs(wf, parse_sets(sets))
-        click.echo(json.dumps({"file": str(path), **wf.to_dict(), "values": recorded}, indent=2, default=str))
+        shown = {"file": str(path), **wf.to_dict(), "values": recorded}
+        if icl.mode is not None:
+            shown["prompting"] = ICL_MODES[icl.mode]  # --icl overrides the file's
+        click.echo(json.dumps(shown, indent=2, default=str))
         return
-    outcome = run_workflow(wf, model=model, out=out, sets=sets)
+    session = icl_session(model, icl) if icl.mode is not None else None
+    outcome = run_workflow(wf, model=model, out=out, sets=sets, session=session,
+                           prompting=ICL_MODES[icl.mode] if icl.mode is not None else None, strict=strict)
+    echo_warnings(outcome)
     for name, record in outcome.manifest["outputs"].items():
         shown = str(outcome.out_dir / record["file"]) if "file" in record else json.dumps(record["value"])
         click.echo(f"{name}: {shown}")
     click.echo(str(outcome.manifest_path))
 
 
-def _run_request(request: str, sets, out, model, dry_run, image, seed, strict=False, as_json=False) -> None:
+def _run_request(request: str, sets, out, model, dry_run, image, seed, strict=False, as_json=False,
+                 icl: ICLChoice | None = None) -> None:
     """A free-text request: `Session.plan` and its check for --dry-run (no model), else `Session.run`."""
     from latentlm.audio_io import AUDIO_FORMATS, check_audio_path, save_audio
     from latentlm.cli.outputs import check_picture_path, check_writable_dir, echo_warnings, save_picture
     from latentlm.workflows.result import Result
-    from latentlm.workflows.session import Session, check_seed
+    from latentlm.workflows.session import check_seed
 
     if sets:
         raise click.UsageError(f"--set is for workflow files; {request!r} is not one (a .yaml file, an existing "
@@ -128,7 +142,7 @@ def _run_request(request: str, sets, out, model, dry_run, image, seed, strict=Fa
         from latentlm.images import load_image
 
         load_image(image)  # a missing picture fails before the model loads
-    session = Session(model, strict=strict)
+    session = icl_session(model, icl, strict)
     plan = session.plan(request, image)
     notes = session.vet(plan.steps)  # --strict refuses here, before any model work
     if dry_run:

@@ -73,3 +73,20 @@ def save_audio(wav: np.ndarray, sample_rate: int, out: str | os.PathLike) -> Pat
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def voice_recording(wav, sample_rate: int, transcript: object, codec):
+    """A speaker's reference recording for a voice prompt, checked (mono, at least one codec frame long, with
+    the words said in it) and resampled to `codec`'s rate: float32 [T]. A `PromptError` names what is wrong."""
+    import torch
+    import torchaudio.functional as AF
+
+    from latentlm.errors import PromptError
+
+    if not isinstance(transcript, str) or not transcript.strip():
+        raise PromptError("a voice prompt needs the words said in it: pass voice_text (CLI: --voice-text)")
+    x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
+    if x.ndim != 1 or x.numel() < codec.hop_length:
+        raise PromptError(f"the voice recording must be mono and at least {codec.hop_length / codec.sample_rate:.2f} "
+                          f"s long, got shape {list(x.shape)}")
+    return AF.resample(x, sample_rate, codec.sample_rate) if sample_rate != codec.sample_rate else x

@@ -98,6 +98,23 @@ def verify_file(path: str | Path, verify: bool = True) -> None:
                               "copy or save the checkpoint again, or pass --no-verify")
 
 
+def verify_dir(directory: str | Path, verify: bool = True) -> None:
+    """Check every file that `directory`'s checksums.json lists, and those of its sub-folders' manifests.
+
+    For folders read whole (training checkpoints): a listed file that is missing is an error too. A folder
+    without a manifest (saved before checksums existed) passes."""
+    directory = Path(directory)
+    if not verification_enabled(verify):
+        return
+    for manifest in sorted(directory.rglob(CHECKSUMS_FILE)):
+        for name in _recorded_sums(manifest):
+            path = manifest.parent / name
+            if not path.is_file():
+                raise CheckpointError(f"{path} is missing but listed in {manifest}: the checkpoint is incomplete; "
+                                      "save it again or use an older one")
+            verify_file(path)
+
+
 def write_config(directory: Path, config: dict) -> None:
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

@@ -27,7 +27,7 @@ from latentlm.errors import PromptError
 from latentlm.images import to_pil
 from latentlm.model import LatentLM
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
-from latentlm.sequence import Latent, Text, collate
+from latentlm.sequence import Latent, Sequence, Text, collate
 
 # Up to this many pictures per batch, sampling and decoding run on one intra-op thread (see
 # `tiny_op_threads`): the head's ops are then [2 x batch, 256] and the decoder's small; read at call time.
@@ -47,13 +47,20 @@ def _check(steps: int, temperature: float) -> None:
         raise ValueError(f"temperature={temperature}: use a positive temperature (1 = the model's own noise)")
 
 
-def _prefill_batch(model: LatentLM, prompts: list[str], guided: bool):
-    """Conditional rows (prompt + `<image>`), then, guided, as many unconditional ones (`<image>` alone)."""
+def _prefill_batch(model: LatentLM, prompts: list[str], guided: bool, contexts: list[Sequence] | None = None):
+    """Conditional rows (prompt + `<image>`), then, guided, as many unconditional ones (`<image>` alone).
+
+    `contexts` (one per prompt, may be empty) go between `<s>` and the prompt in both streams: in-context
+    demonstrations (`latentlm.in_context_prompting`), so guidance strengthens the prompt, not them."""
     tok = model.tokenizer
     image = tok.token_id("<image>")
     empty = torch.zeros(0, model.config.latent_dim)
-    cond = [[Text([tok.bos_id] + prompt_ids(model, p) + [image]), Latent("image", empty)] for p in prompts]
-    uncond = [[Text([tok.bos_id, image]), Latent("image", empty)] for _ in prompts] if guided else []
+    contexts = contexts if contexts is not None else [[] for _ in prompts]
+    if len(contexts) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(contexts)} contexts; give one context per prompt")
+    cond = [[Text([tok.bos_id]), *c, Text(prompt_ids(model, p) + [image]), Latent("image", empty)]
+            for p, c in zip(prompts, contexts)]
+    uncond = [[Text([tok.bos_id]), *c, Text([image]), Latent("image", empty)] for c in contexts] if guided else []
     return collate(cond + uncond, model.config.latent_width, tok.pad_id)
 
 
@@ -76,12 +83,13 @@ def sample_image_latents(
     generator: torch.Generator | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     clock: PhaseClock | None = None,
+    contexts: list[Sequence] | None = None,
 ) -> Tensor:
-    """Sample normalised image latents for each prompt: -> [B, N, latent_dim]."""
+    """Sample normalised image latents for each prompt: -> [B, N, latent_dim]. `contexts`: see `_prefill_batch`."""
     _check(steps, temperature)
     clock = clock or NO_CLOCK
     guided = cfg_scale != 1.0
-    batch = _prefill_batch(model, prompts, guided)
+    batch = _prefill_batch(model, prompts, guided, contexts)
     b = len(prompts)
     with tiny_op_threads(b, ONE_THREAD_PICTURES), torch.inference_mode():  # less bookkeeping per op than no_grad
         clock.lap("other")
@@ -145,14 +153,15 @@ def decode_latents(model: LatentLM, z: Tensor) -> Tensor:
 @torch.no_grad()
 def generate_images(
     model: LatentLM, prompts: list[str], steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, seed: int = 0,
-    temperature: float = DEFAULT_TEMPERATURE, clock: PhaseClock | None = None,
+    temperature: float = DEFAULT_TEMPERATURE, clock: PhaseClock | None = None, contexts: list[Sequence] | None = None,
 ) -> list[Image.Image]:
-    """Prompts -> PIL images, deterministic for a given seed on CPU. `clock` books "decode" too."""
+    """Prompts -> PIL images, deterministic for a given seed on CPU. `clock` books "decode" too; `contexts`
+    are in-context demonstrations before each prompt (see `_prefill_batch`)."""
     if "image" not in model.codecs:
         raise ValueError("this model has no image codec; it cannot generate pictures")
     clock = clock or NO_CLOCK
     generator = torch.Generator().manual_seed(seed)
-    z = sample_image_latents(model, prompts, steps, cfg_scale, generator, temperature, clock)  # [B, N, D]
+    z = sample_image_latents(model, prompts, steps, cfg_scale, generator, temperature, clock, contexts)  # [B, N, D]
     clock.lap("other")
     images = [to_pil(p) for p in decode_latents(model, z)]  # [B, 3, H, W] -> PIL
     clock.lap("decode")

@@ -143,6 +143,9 @@ class LatentLM(nn.Module):
         each file against the SHA-256 recorded at save (checksums.json; folders without one load as before)."""
         directory = resolve_checkpoint(name_or_path)
         raw = read_config(directory, verify)
+        if raw.get("kind") == "codec_lm":
+            raise CheckpointError(f"{directory} holds the codec-token baseline, not a LatentLM; load it with "
+                                  "latentlm.codec_lm.CodecLM.from_pretrained (it speaks; `latentlm eval tts` takes it)")
         try:
             config = ModelConfig.model_validate(raw)
         except ValueError as e:

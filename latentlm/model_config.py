@@ -11,6 +11,7 @@ class ModelConfig(BaseModel):
     vocab_size: int = Field(..., ge=8)
     latent_dim: int = Field(16, ge=1)  # width of an image latent
     audio_latent_dim: int | None = Field(None, ge=1)  # width of an audio latent; None: the model cannot speak
+    reads: bool | None = None  # trained to read pictures (captions, questions, grounding); None: not recorded
     image_tokens: int = Field(64, ge=1)  # latents per image span (fixed by the codec's resolution)
     max_slots: int = Field(64, ge=1)  # learned embeddings telling a position which latent of a span comes next
     backbone: BackboneConfig = BackboneConfig()

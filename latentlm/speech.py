@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from latentlm.audio_io import voice_recording
 from latentlm.diffusion_head import tiny_op_threads
 from latentlm.errors import PromptError
 from latentlm.generation import ONE_THREAD_PICTURES, _check
@@ -47,17 +48,8 @@ def speech_codec(model: LatentLM):
 
 def voice_prompt(model: LatentLM, wav: np.ndarray | Tensor, sample_rate: int, transcript: str) -> VoicePrompt:
     """A reference recording (mono, any rate) and its transcript -> the prompt the model continues."""
-    import torchaudio.functional as AF
-
     codec = speech_codec(model)
-    if not isinstance(transcript, str) or not transcript.strip():
-        raise PromptError("a voice prompt needs the words said in it: pass voice_text (CLI: --voice-text)")
-    x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
-    if x.ndim != 1 or x.numel() < codec.hop_length:
-        raise PromptError(f"the voice recording must be mono and at least {codec.hop_length / codec.sample_rate:.2f} "
-                          f"s long, got shape {list(x.shape)}")
-    if sample_rate != codec.sample_rate:
-        x = AF.resample(x, sample_rate, codec.sample_rate)
+    x = voice_recording(wav, sample_rate, transcript, codec)  # [T]
     with torch.no_grad():
         mu = codec.encode(x[None])[0]  # [K, D]
     return VoicePrompt(codec.normalize(mu), transcript.strip())

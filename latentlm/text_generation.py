@@ -54,3 +54,28 @@ def _embed_tokens(model: LatentLM, ids: Tensor) -> Tensor:
     zeros = torch.zeros(ids.shape[0], 1, model.config.latent_width)
     no = torch.zeros_like(ids, dtype=torch.bool)
     return model.embed_inputs(ids, zeros, no, torch.full_like(ids, -1))
+
+
+@torch.no_grad()
+def sample_text(model: LatentLM, prefix: Sequence, generator: torch.Generator, temperature: float = 1.0,
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, stop: tuple[int, ...] = (), banned: tuple[int, ...] = (),
+                ) -> list[int]:
+    """Continue one prefix by sampling at `temperature` (seeded by `generator`) until a `stop` id or `</s>`:
+    -> the new ids, without the stop id. `banned` ids are never drawn; the stop ids not as the first token,
+    so the text is never empty. Deterministic for a generator's seed on CPU."""
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: use a positive temperature (greedy decoding: generate_text)")
+    tok = model.tokenizer
+    stops = {*stop, tok.eos_id}
+    with tiny_op_threads(1, ONE_THREAD_PICTURES):
+        h, state = model(collate([prefix], model.config.latent_width, tok.pad_id))  # [1, T, d]
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = model.lm_head(h[0, -1]).float() / temperature  # [V]
+            logits[list(banned) + (sorted(stops) if not out else [])] = -float("inf")
+            nxt = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+            if nxt in stops:
+                break
+            out.append(nxt)
+            h, state = model.backbone(_embed_tokens(model, torch.tensor([nxt])), state)
+    return out

@@ -16,12 +16,18 @@ from latentlm.model import LatentLM
 from latentlm.sequence import Text, frame
 from latentlm.text_generation import DEFAULT_MAX_NEW_TOKENS, generate_text
 
+GROUND_TOKENS = 8  # phrase grounding writes `<object><patch_index_A><patch_index_B></object>`: 4 tokens
+
 
 @torch.no_grad()
 def read_images(model: LatentLM, pixels: Tensor) -> Tensor:
     """Pixels [B, 3, H, W] in [-1, 1] -> normalised latent means [B, N, latent_dim]."""
     if "image" not in model.codecs:
         raise ValueError("this model has no image codec; it cannot read pictures")
+    if model.config.reads is False:
+        raise PromptError("this model was trained to draw only; it cannot read pictures (captions, questions, "
+                          "grounding): use a model trained with the reading stages, e.g. --model "
+                          "runs/shapes-tiny-5/final (Makefile: make shapes-tiny)")
     codec = model.codecs["image"]
     return codec.normalize(codec.encode(pixels))
 
@@ -61,7 +67,7 @@ def ask(model: LatentLM, pixels: Tensor, questions: list[str]) -> list[str]:
 def ground(model: LatentLM, pixels: Tensor, phrases: list[str]) -> list[str]:
     """Kosmos-2 text `<grounding><phrase> p</phrase><object>...</object>` locating each phrase."""
     prompts = [ground_prompt(_clean(p, "phrase", "the blue square")) for p in phrases]
-    return [p + text for p, text in zip(prompts, complete(model, pixels, prompts, max_new_tokens=8))]
+    return [p + text for p, text in zip(prompts, complete(model, pixels, prompts, max_new_tokens=GROUND_TOKENS))]
 
 
 def _clean(text: object, what: str, example: str) -> str:

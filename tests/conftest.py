@@ -36,7 +36,7 @@ tokenizer: {tokenizer}
 codec: {codec}
 backbone: {{d_model: 64, n_layers: 2, n_heads: 4{backbone_extra}}}
 head: {{width: 64, depth: 2, batch_mul: 2}}
-data: {{n_train: 128}}
+data: {{n_train: 128, tasks: {{t2i: 0.7, caption: 0.1, vqa: 0.1, ground: 0.1}}}}
 train: {{steps: {steps}, batch_size: 8, lr: 0.003, warmup_steps: 3, log_every: 1, save_every: 10, seed: 0}}
 """
 

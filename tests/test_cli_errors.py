@@ -260,3 +260,25 @@ def test_help_says_what_the_model_understands(capsys):
     readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
     for word in (*COLOURS, *SHAPES, *RELATIONS, "--strict", "Result.warnings"):
         assert word in readme, word
+
+
+def _cat_workflow(tmp_path) -> Path:
+    path = tmp_path / "cat.yaml"
+    path.write_text("name: cat\nsteps:\n  - id: draw\n    uses: text-to-image\n    with: {prompt: \"a cat sitting on a mat\"}\n"
+                    "outputs: {picture: \"${{ steps.draw.outputs.image }}\"}\n")
+    return path
+
+
+def test_a_workflow_file_with_unknown_words_refuses_under_strict(capsys, no_model, tmp_path):
+    line = user_error(capsys, "run", str(_cat_workflow(tmp_path)), "--strict", "-o", str(tmp_path / "out"))
+    assert "step 'draw':" in line and "'cat', 'sitting', 'on', 'mat'" in line and "strict: nothing was run" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_workflow_file_with_unknown_words_warns_and_records_it(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    main(["run", str(_cat_workflow(tmp_path)), "--model", str(tiny_model_dir), "-o", str(out)])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: step 'draw': 'a cat sitting on a mat' has words the model never saw")
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert len(warnings) == 1 and warnings[0] == line.removeprefix("warning: ")

@@ -299,3 +299,26 @@ def test_unknown_workflow_suggests_the_closest():
 
     with pytest.raises(LatentLMError, match="did you mean 'caption'"):
         get("captoin")
+
+
+def test_a_model_records_whether_it_reads_and_a_draw_only_model_says_so(tiny_model_dir, tmp_path):
+    """The trainer writes `reads` from its task mixture; a model trained to draw only refuses to read in one
+    line instead of returning an empty answer (the shipped stage-2 weights are such a model)."""
+    import shutil
+
+    from latentlm.errors import PromptError
+    from latentlm.model import LatentLM
+    from latentlm.understanding import ask, caption
+    from latentlm.understanding import ground as ground_phrases
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["reads"] is True  # the tiny mixture has reading tasks
+    draw_only = tmp_path / "draw-only"
+    shutil.copytree(tiny_model_dir, draw_only)
+    (draw_only / "config.json").write_text(json.dumps(config | {"reads": False}))
+    model = LatentLM.from_pretrained(str(draw_only), verify=False)
+    pixels = torch.zeros(1, 3, 64, 64)
+    for call in (lambda: caption(model, pixels), lambda: ask(model, pixels, ["what colour is the circle?"]),
+                 lambda: ground_phrases(model, pixels, ["the circle"])):
+        with pytest.raises(PromptError, match="trained to draw only; it cannot read pictures"):
+            call()

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from PIL import Image
 
+from latentlm.grounding import parse_grounded
 from latentlm.understanding import ask as ask_pictures
 from latentlm.vocabulary import question_notes
 from latentlm.workflows.ground import model_pixels
+from latentlm.workflows.icl_tasks import question_query
 from latentlm.workflows.registry import Fields, Picture, Words, Workflow, register
 
 
@@ -30,4 +32,6 @@ class Ask(Workflow):
         return question_notes(value) if isinstance(value, str) else []
 
     def run(self, session, image: Image.Image, question: str) -> TextOutputs:
+        if session.prompting != "direct":  # the answer without the boxes a boxed answer puts first, as `ask`
+            return TextOutputs(text=parse_grounded(session.in_context(question_query(image, question))).text)
         return TextOutputs(text=ask_pictures(session.model, model_pixels(session.model, image), [question])[0])

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from PIL import Image
 
+from latentlm.data.tasks import GROUNDED_CAPTION_PROMPT
+from latentlm.grounding import parse_grounded
 from latentlm.understanding import caption as caption_pictures
+from latentlm.workflows.icl_tasks import caption_query
 from latentlm.workflows.ground import GroundedOutputs, grounded_outputs, model_pixels
 from latentlm.workflows.registry import Fields, Picture, Workflow, register
 
@@ -21,5 +24,8 @@ class Caption(Workflow):
     Outputs = GroundedOutputs
 
     def run(self, session, image: Image.Image, grounded: bool) -> GroundedOutputs:
+        if session.prompting != "direct":  # in context: the grounded caption, as `caption` decodes via boxes
+            kosmos = GROUNDED_CAPTION_PROMPT + session.in_context(caption_query(image))
+            return grounded_outputs(kosmos, image) if grounded else GroundedOutputs(text=parse_grounded(kosmos).text)
         text = caption_pictures(session.model, model_pixels(session.model, image), grounded=grounded)[0]
         return grounded_outputs(text, image) if grounded else GroundedOutputs(text=text)

@@ -15,6 +15,7 @@ from latentlm.images import fit
 from latentlm.model import LatentLM
 from latentlm.understanding import ground as ground_phrases
 from latentlm.vocabulary import phrase_notes
+from latentlm.workflows.icl_tasks import ground_query
 from latentlm.workflows.registry import Fields, Picture, Words, Workflow, register
 from latentlm.workflows.result import Entity
 
@@ -71,5 +72,8 @@ class Ground(Workflow):
         return phrase_notes(value) if isinstance(value, str) else []
 
     def run(self, session, image: Image.Image, phrase: str) -> GroundedOutputs:
+        if session.prompting != "direct":
+            query = ground_query(image, phrase)
+            return grounded_outputs(query.prompt + session.in_context(query), image)
         kosmos = ground_phrases(session.model, model_pixels(session.model, image), [phrase])[0]
         return grounded_outputs(kosmos, image)

@@ -42,6 +42,9 @@ class Result:
     steps: list[dict] = field(default_factory=list)  # one record per executed step
     seed: int | None = None
     warnings: list[str] = field(default_factory=list)
+    # In-context demonstrations' pictures by file name (the names `steps[i]["icl"]` gives them); written by
+    # `save`, left out of keys, indexing and `to_dict`.
+    icl_pictures: dict[str, Image.Image] = field(default_factory=dict, repr=False, metadata={"internal": True})
 
     @property
     def image(self) -> Image.Image | None:
@@ -49,7 +52,7 @@ class Result:
         return self.images[0] if self.images else None
 
     def _present(self) -> list[tuple[str, Any]]:
-        out = [(f.name, getattr(self, f.name)) for f in fields(self)]
+        out = [(f.name, getattr(self, f.name)) for f in fields(self) if not f.metadata.get("internal")]
         out.insert(3, ("image", self.image))
         return [(k, v) for k, v in out if v is not None and not (isinstance(v, list) and not v)]
 
@@ -58,7 +61,7 @@ class Result:
         if isinstance(key, int):
             return present[key][1]
         value = dict(present).get(key)
-        if value is None and key not in {f.name for f in fields(self)} | {"image"}:
+        if value is None and key not in {f.name for f in fields(self) if not f.metadata.get("internal")} | {"image"}:
             raise KeyError(f"{key!r} is not a Result field")
         return value
 
@@ -86,8 +89,8 @@ class Result:
         return out
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write pictures (PNG), text, audio (16-bit WAV) and `manifest.json` into `directory`; returns the
-        manifest's path."""
+        """Write pictures (PNG), text, audio (16-bit WAV), in-context demonstrations' pictures (`icl/...`,
+        named in the steps' traces) and `manifest.json` into `directory`; returns the manifest's path."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         manifest = self.to_dict()
@@ -97,6 +100,8 @@ class Result:
             atomic_write(d / names[-1], lambda f, im=im: im.save(f, format="PNG"))
         if names:
             manifest["images"] = names
+        for name, im in self.icl_pictures.items():  # named in manifest["steps"][i]["icl"]
+            atomic_write(d / name, lambda f, im=im: im.save(f, format="PNG"))
         if self.text is not None:
             atomic_write(d / "text.txt", lambda f: f.write((self.text + "\n").encode()))
         if self.audio is not None:

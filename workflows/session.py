@@ -20,14 +20,22 @@ draws exactly what `draw(prompt, seed)` draws), step i > 0 the first 8 bytes of
 sha256(f"{seed}:{i}") as a big-endian integer with the top bit cleared, in [0, 2**63 - 1]. Each
 step's seed is recorded in `Result.steps`; the same seed gives byte-identical outputs.
 
+Prompting. `Session(prompting="direct")` (the default) reads and draws with the query alone.
+`prompting="fewshot"` puts the given `demonstrations` (`[(picture, prompt, answer), ...]` for reading,
+`[(picture, caption), ...]` for drawing; those of the query's task are used) before the query.
+`prompting="autoicl"` lets the model make its own demonstrations first (`workflows/autoicl.py`):
+generating mode by default, retrieving mode after `icl_pool(pictures)`. `icl_n` demonstrations (3),
+cached per task kind unless `icl_cache=False`. A step prompted in context records its trace as
+`Result.steps[i]["icl"]`; `Result.save` writes the demonstrations' pictures. Its seed is the step's.
+
 What the model knows. Before any step runs, the literal arguments are checked against what the model
 was trained on (`Workflow.notes`, from `latentlm.vocabulary`): each problem becomes a line of
 `Result.warnings`, or, with `strict=True`, a `PromptError` before any model work.
 """
 from __future__ import annotations
 
-import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,29 +46,16 @@ from latentlm.images import ImageInput, load_image
 from latentlm.model import LatentLM
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 from latentlm.workflows import builtin  # noqa: F401 - registers the built-in workflows
+from latentlm.workflows.autoicl import DEFAULT_N, Outcome, Prompting
+from latentlm.workflows.icl_model import LatentLMForICL
+from latentlm.workflows.icl_tasks import Query
 from latentlm.workflows.planner import LATER, Given, History, Plan, Ref, Remembered, Step, plan, shown
 from latentlm.workflows.registry import Fields, get, picture_fields
 from latentlm.workflows.result import Result
+from latentlm.workflows.seeds import MAX_SEED, check_seed, step_seed  # noqa: F401 - re-exported
 
 DEFAULT_MODEL = "shapes-tiny"
-MAX_SEED = 2**63 - 1
 DRAWING = "text-to-image"
-
-
-def check_seed(seed: object, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise LatentLMError(f"{name} must be an integer, not {type(seed).__name__}")
-    if not 0 <= seed <= MAX_SEED:
-        raise LatentLMError(f"{name}={seed} is out of range: use 0 <= {name} <= 2**63 - 1")
-    return seed
-
-
-def step_seed(seed: int, index: int) -> int:
-    """The seed of step `index` of a run with `seed` (see the module doc)."""
-    if index == 0:
-        return seed
-    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & MAX_SEED
 
 
 @dataclass
@@ -81,7 +76,8 @@ class Session:
     def __init__(
         self, model: str | LatentLM = DEFAULT_MODEL, seed: int | None = None, progress: bool = False,
         steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, temperature: float = DEFAULT_TEMPERATURE,
-        strict: bool = False, backbone: str | None = None,
+        strict: bool = False, backbone: str | None = None, prompting: str = "direct",
+        demonstrations: Iterable[Any] | None = None, icl_n: int = DEFAULT_N, icl_cache: bool = True,
     ):
         if not isinstance(model, (str, LatentLM)):
             raise LatentLMError(f"model must be a name, a folder or a LatentLM, not {type(model).__name__}")
@@ -100,6 +96,40 @@ class Session:
         self.steps, self.cfg_scale, self.temperature = steps, float(cfg_scale), float(temperature)
         self.strict = strict
         self.memory = Memory()
+        self.icl = Prompting(prompting, demonstrations, icl_n, icl_cache)
+        self._given = self.icl.given  # kept for a return to "fewshot" after another prompting
+        self._icl_seed: int = self.seed
+        self._icl_outcome: Outcome | None = None
+
+    # ---- prompting -------------------------------------------------------------------------------
+    @property
+    def prompting(self) -> str:
+        """How reading and drawing prompt the model: "direct", "fewshot" or "autoicl" (module doc)."""
+        return self.icl.mode
+
+    @prompting.setter
+    def prompting(self, mode: str) -> None:
+        if mode == self.icl.mode:
+            return  # keeps the demonstration cache
+        pool = self.icl.pool
+        self.icl = Prompting(mode, self._given if mode == "fewshot" else None, self.icl.n, self.icl.cache)
+        self.icl.set_pool(pool)
+
+    def icl_pool(self, images: Iterable[ImageInput]) -> int:
+        """Unlabelled pictures for AutoICL's retrieving mode (the model labels them itself); an empty pool
+        returns to generating mode. Clears the demonstration cache; returns the pool's size."""
+        if isinstance(images, (str, bytes)) or not isinstance(images, Iterable):
+            raise LatentLMError("icl_pool takes a list of pictures (PIL images, file paths or arrays)")
+        pictures = [load_image(image) for image in images]
+        self.icl.set_pool(pictures)
+        return len(pictures)
+
+    def in_context(self, query: Query) -> str | Image.Image:
+        """Answer `query` with the Session's prompting (a workflow's model call); its trace goes to the
+        step record. The seed is the step's (`step_seed`), so demonstrations follow the run's seed."""
+        model = LatentLMForICL(self.model, self.steps, self.cfg_scale, self.temperature)
+        self._icl_outcome = self.icl.answer(model, query, self._icl_seed)
+        return self._icl_outcome.output
 
     @property
     def model(self) -> LatentLM:
@@ -136,7 +166,7 @@ class Session:
             shown_args = {k: shown(v) for k, v in step.args.items()}
             if "seed" in get(step.workflow).Inputs.model_fields:
                 args["seed"] = shown_args["seed"] = step_seed(seed, i)
-            outputs.append(self._step(result, step.workflow, args, shown_args))
+            outputs.append(self._step(result, step.workflow, args, shown_args, step_seed(seed, i)))
         return result
 
     def vet(self, steps) -> list[str]:
@@ -161,20 +191,29 @@ class Session:
     # ---- one workflow ----------------------------------------------------------------------------
     def call(self, workflow: str, **arguments) -> Result:
         """Run one registered workflow with its arguments; the result records the step."""
+        return self._call(workflow, arguments)
+
+    def _call(self, workflow: str, arguments: dict, seed: int | None = None) -> Result:
+        """`call`, with `seed` for in-context prompting (default: the `seed` argument, else the Session's)."""
         wf = get(workflow)
         result = Result(seed=arguments.get("seed"), warnings=self.vet([Step(workflow, arguments)]))
         for name in picture_fields(wf):
             if name in arguments and arguments[name] is not self.memory.picture:
                 arguments[name] = load_image(arguments[name])  # a bad picture fails here, before the model
         shown_args = {k: "${{ inputs.%s }}" % k if isinstance(v, Image.Image) else v for k, v in arguments.items()}
-        self._step(result, workflow, arguments, shown_args)
+        self._step(result, workflow, arguments, shown_args, seed)
         return result
 
-    def _step(self, result: Result, workflow: str, args: dict, shown_args: dict) -> Fields:
-        """Run one workflow, add its outputs and its record to `result`, remember what it made."""
+    def _step(self, result: Result, workflow: str, args: dict, shown_args: dict, seed: int | None = None) -> Fields:
+        """Run one workflow, add its outputs and its record to `result`, remember what it made.
+
+        A workflow that prompted the model in context (`in_context`) adds its trace as the record's `icl`,
+        and its demonstration pictures to `result.icl_pictures` (files `icl/step<i>_demo<j>.png`)."""
         record = {"workflow": workflow, "inputs": shown_args, "seed": args.get("seed"), "seconds": None,
                   "outputs": None, "error": None}
         result.steps.append(record)
+        self._icl_seed = args.get("seed", seed if seed is not None else self.seed)
+        self._icl_outcome = None
         start = time.perf_counter()
         try:
             outputs = self._run_workflow(workflow, args)
@@ -185,6 +224,11 @@ class Session:
             raise
         record["seconds"] = round(time.perf_counter() - start, 4)
         record["outputs"] = absorb(result, outputs)
+        if self._icl_outcome is not None:
+            prefix = f"icl/step{len(result.steps) - 1}_"
+            record["icl"] = self._icl_outcome.record(prefix)
+            result.icl_pictures.update(self._icl_outcome.pictures(prefix))
+            self._icl_outcome = None
         self._remember(workflow, args, outputs)
         return outputs
 
@@ -207,17 +251,18 @@ class Session:
         """A picture of `prompt` (the text-to-image workflow)."""
         return self.call(DRAWING, prompt=prompt, seed=self.seed if seed is None else check_seed(seed))
 
-    def caption(self, image: ImageInput, grounded: bool = False) -> Result:
-        """A caption of `image`; with `grounded=True`, Kosmos-2 text with a box per object phrase."""
-        return self.call("caption", image=image, grounded=grounded)
+    def caption(self, image: ImageInput, grounded: bool = False, seed: int | None = None) -> Result:
+        """A caption of `image`; with `grounded=True`, Kosmos-2 text with a box per object phrase. `seed`
+        matters only to AutoICL (its demonstrations; default: the Session's seed)."""
+        return self._call("caption", {"image": image, "grounded": grounded}, _seed(seed))
 
-    def ask(self, image: ImageInput, question: str) -> Result:
-        """A short answer to `question` about `image`."""
-        return self.call("ask", image=image, question=question)
+    def ask(self, image: ImageInput, question: str, seed: int | None = None) -> Result:
+        """A short answer to `question` about `image` (`seed`: as `caption`)."""
+        return self._call("ask", {"image": image, "question": question}, _seed(seed))
 
-    def ground(self, image: ImageInput, phrase: str) -> Result:
-        """Where `phrase` is in `image`: `.boxes` in its pixels, `.image` annotated."""
-        return self.call("ground", image=image, phrase=phrase)
+    def ground(self, image: ImageInput, phrase: str, seed: int | None = None) -> Result:
+        """Where `phrase` is in `image`: `.boxes` in its pixels, `.image` annotated (`seed`: as `caption`)."""
+        return self._call("ground", {"image": image, "phrase": phrase}, _seed(seed))
 
     def speak(self, text: str, voice=None, voice_text: str | None = None, seed: int | None = None,
               **sampling) -> Result:
@@ -226,6 +271,10 @@ class Session:
         `sampling`: steps, cfg_scale, temperature (speech has its own defaults, `latentlm.speech`)."""
         return self.call("text-to-speech", text=text, voice=voice, voice_text=voice_text,
                          seed=self.seed if seed is None else check_seed(seed), **sampling)
+
+
+def _seed(seed: int | None) -> int | None:
+    return None if seed is None else check_seed(seed)
 
 
 def absorb(result: Result, outputs: Fields) -> dict:

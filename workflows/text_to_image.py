@@ -7,6 +7,7 @@ from pydantic import Field
 
 from latentlm.generation import generate_images
 from latentlm.vocabulary import drawing_notes
+from latentlm.workflows.icl_tasks import draw_query
 from latentlm.workflows.registry import Fields, Words, Workflow, register
 
 
@@ -31,6 +32,8 @@ class TextToImage(Workflow):
         return drawing_notes(value) if isinstance(value, str) else []
 
     def run(self, session, prompt: str, seed: int) -> ImageOutputs:
+        if session.prompting != "direct":  # caption -> picture demonstrations before the prompt
+            return ImageOutputs(image=session.in_context(draw_query(prompt)))
         image = generate_images(session.model, [prompt], steps=session.steps, cfg_scale=session.cfg_scale, seed=seed,
                                 temperature=session.temperature)[0]
         return ImageOutputs(image=image)

@@ -19,7 +19,9 @@ Schema (every mapping is closed: an unknown key is an error):
 
 - top level: `name` (required; letters, digits, '-', '_', '.'; it names the output folder),
   `description` (text; its first line is what `latentlm run --list` shows), `inputs`, `steps`
-  (required, a non-empty list, run in order), `outputs` (required, a non-empty mapping).
+  (required, a non-empty list, run in order), `outputs` (required, a non-empty mapping),
+  `prompting` (`direct`, the default, or `autoicl`: how the reading and drawing steps prompt the
+  model, as `Session(prompting=...)`; few-shot needs demonstrations, which a file cannot give yet).
 - `inputs: {NAME: {type, default?, description?}}` with `type` one of string, integer, number,
   boolean, image (a picture file path; relative paths are relative to the workflow file). An input
   without a default must be given with `--set NAME=VALUE`.
@@ -52,7 +54,8 @@ from latentlm.workflows import builtin  # noqa: F401 - registers the built-in wo
 from latentlm.workflows.registry import Workflow, get
 
 INPUT_TYPES = ("string", "integer", "number", "boolean", "image")
-TOP_KEYS = {"name": True, "description": False, "inputs": False, "steps": True, "outputs": True}
+TOP_KEYS = {"name": True, "description": False, "inputs": False, "steps": True, "outputs": True, "prompting": False}
+FILE_PROMPTINGS = ("direct", "autoicl")  # Session's promptings a file can choose (fewshot needs demonstrations)
 STEP_KEYS = {"id": True, "uses": True, "with": False, "name": False}
 INPUT_KEYS = {"type": True, "default": False, "description": False}
 
@@ -167,6 +170,7 @@ class WorkflowFile:
     outputs: dict[str, Ref | Template]
     base_dir: Path | None = None  # relative picture paths in the file are relative to this
     text: str = field(default="", repr=False)
+    prompting: str | None = None  # None: the Session's own (direct unless told otherwise)
 
     @property
     def summary(self) -> str:
@@ -180,6 +184,7 @@ class WorkflowFile:
 
         return {
             "name": self.name, "description": self.description,
+            **({} if self.prompting is None else {"prompting": self.prompting}),
             "inputs": {k: {"type": s.type, **({} if s.required else {"default": s.default})}
                        for k, s in self.inputs.items()},
             "steps": [{"id": s.id, "uses": s.uses, "with": {k: show(v) for k, v in s.arguments.items()}}
@@ -429,6 +434,7 @@ class _Checker:
         name = self.text_field(top.get("name"), "name", FILE_NAME,
                                "use letters, digits, '-', '_' and '.' (it names the output folder)")
         description = self.text_field(top.get("description"), "description") or ""
+        prompting = self.prompting_field(top.get("prompting"))
         self.check_inputs(top.get("inputs"))
         steps = self.check_steps(top.get("steps"))
         outputs = self.check_outputs(top.get("outputs"), self.n_steps)
@@ -439,7 +445,19 @@ class _Checker:
                                         "remove one")
         if self.errors or name is None or steps is None or outputs is None:
             return None
-        return WorkflowFile(source, name, description, dict(self.inputs), steps, outputs, self.base_dir, self.text)
+        return WorkflowFile(source, name, description, dict(self.inputs), steps, outputs, self.base_dir, self.text,
+                            prompting)
+
+    def prompting_field(self, entry: tuple | None) -> str | None:
+        value = self.text_field(entry, "prompting")
+        if value is None or value in FILE_PROMPTINGS:
+            return value
+        if value == "fewshot":
+            what = "fewshot needs demonstrations, which a workflow file cannot give yet; use direct or autoicl"
+        else:
+            what = f"unknown prompting {_short(value)}{_dym(value, FILE_PROMPTINGS)} (use one of: direct, autoicl)"
+        self.error(entry[1], "prompting", what)
+        return None
 
     def check_inputs(self, entry: tuple | None) -> None:
         if entry is None or _is_null(entry[1]):

@@ -66,6 +66,11 @@ class RunOutcome:
     values: dict[str, Any]  # output name -> the object (a PIL picture, text, boxes, ...)
 
     @property
+    def warnings(self) -> list[str]:
+        """Arguments the model was not trained on (words, forms), as for `Result.warnings`."""
+        return self.manifest.get("warnings", [])
+
+    @property
     def manifest_path(self) -> Path:
         return self.out_dir / "manifest.json"
 
@@ -236,11 +241,13 @@ def step_arguments(wf: WorkflowFile, step, values: dict, pictures: dict[str, Ima
     return args
 
 
-def _check_steps_before_running(wf: WorkflowFile, values: dict) -> dict[str, dict[str, Image.Image]]:
-    """Validate what each step gets from literals and inputs (no model); load literal picture paths."""
+def _check_steps_before_running(wf: WorkflowFile, values: dict) -> tuple[dict[str, dict[str, Image.Image]], list[str]]:
+    """Validate what each step gets from literals and inputs (no model); load literal picture paths. Also the
+    notes on arguments known now that the model was not trained on ("step 'a': ..."), as `Session.vet` gives."""
     from pydantic import ValidationError
 
     pictures: dict[str, dict[str, Image.Image]] = {}
+    notes: list[str] = []
     for step in wf.steps:
         workflow = get(step.uses)
         known = {}
@@ -265,7 +272,8 @@ def _check_steps_before_running(wf: WorkflowFile, values: dict) -> dict[str, dic
                     raise WorkflowRunError(f"step {step.id!r} ({step.uses}): {where}: "
                                            f"{err['msg'].removeprefix('Value error, ')}"
                                            f" (got {known[loc[0]]!r})") from None
-    return pictures
+        notes += [f"step {step.id!r}: {note}" for note in workflow.notes(known)]
+    return pictures, notes
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -293,34 +301,37 @@ def _output_value(result, field: str) -> Any:
 
 
 def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.PathLike | None = None,
-                 sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False) -> RunOutcome:
+                 sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False,
+                 prompting: str | None = None, strict: bool = False) -> RunOutcome:
     """Run a checked workflow file through `Session.call`, write its outputs and manifest; see the module doc.
 
-    `session`, when given, must hold `model` (it is what the manifest names and hashes)."""
+    Arguments the model was not trained on (known before running: literals and inputs) are warnings in the
+    manifest and `RunOutcome.warnings`; `strict=True` refuses them (a `WorkflowRunError`) before any model work.
+
+    `session`, when given, must hold `model` (it is what the manifest names and hashes). `prompting`
+    overrides the file's `prompting:` (and a given session's) for this run; in-context steps record
+    their trace in the manifest and their demonstration pictures as `icl/<step id>_demo<j>.png`."""
     from latentlm import __version__
     from latentlm.workflows.session import Session
 
     sets = dict(sets) if isinstance(sets, dict) else parse_sets(sets)
     input_values, recorded_inputs = resolve_inputs(wf, sets)
     values: dict[str, Any] = {"inputs": input_values, "steps": {}}
-    literal_pictures = _check_steps_before_running(wf, values)
+    literal_pictures, notes = _check_steps_before_running(wf, values)
+    if notes and strict:
+        raise WorkflowRunError(" ".join(notes) + " (strict: nothing was run; without --strict it runs with a warning)")
     out_dir = Path(out) if out is not None else default_output_dir(wf.name)
     created = prepare_output_dir(out_dir)
     try:
         model_info = model_record(model)
         session = session if session is not None else Session(model, progress=progress)
-        steps = []
-        step_args = []
-        for step in wf.steps:
-            args = step_arguments(wf, step, values, literal_pictures)
-            result = session.call(step.uses, **args)
-            outputs = {f: _output_value(result, f) for f in get(step.uses).Outputs.model_fields}
-            values["steps"][step.id] = outputs
-            seed_field = get(step.uses).Inputs.model_fields.get("seed")
-            seed = args.get("seed", seed_field.default if seed_field is not None else None)
-            step_args.append(args)
-            steps.append({"id": step.id, "workflow": step.uses, "inputs": None, "seed": seed,
-                          "seconds": result.steps[-1]["seconds"] if result.steps else None})
+        prompting = prompting or wf.prompting or session.prompting
+        previous = session.prompting
+        session.prompting = prompting
+        try:
+            steps, step_args, icl_pictures = _run_steps(wf, session, values, literal_pictures)
+        finally:
+            session.prompting = previous
     except BaseException:
         _remove_empty(created)
         raise
@@ -337,6 +348,8 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
     for key, image in input_values.items():
         if isinstance(image, Image.Image):
             picture_names[id(image)] = str(recorded_inputs[key])
+    for rel, image in icl_pictures.items():
+        write(rel, _png_bytes(image))
     for step in wf.steps:
         for key, image in literal_pictures.get(step.id, {}).items():
             picture_names[id(image)] = str(step.arguments[key])
@@ -373,8 +386,10 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "model": model_info,
         "sampling": {"steps": session.steps, "cfg_scale": session.cfg_scale, "temperature": session.temperature},
+        "prompting": prompting,
         "inputs": _jsonable(recorded_inputs, {}),
         "steps": steps,
+        "warnings": notes,
         "outputs": outputs_record,
         "files": files,
     }
@@ -383,8 +398,40 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
     return RunOutcome(out_dir, manifest, out_values)
 
 
+def _run_steps(wf: WorkflowFile, session, values: dict, literal_pictures: dict) -> tuple[list, list, dict]:
+    """Call each step in order; -> (step records, their arguments, in-context demonstration pictures)."""
+    steps, step_args, icl_pictures = [], [], {}
+    for step in wf.steps:
+        args = step_arguments(wf, step, values, literal_pictures)
+        result = session.call(step.uses, **args)
+        outputs = {f: _output_value(result, f) for f in get(step.uses).Outputs.model_fields}
+        values["steps"][step.id] = outputs
+        seed_field = get(step.uses).Inputs.model_fields.get("seed")
+        seed = args.get("seed", seed_field.default if seed_field is not None else None)
+        step_args.append(args)
+        steps.append({"id": step.id, "workflow": step.uses, "inputs": None, "seed": seed,
+                      "seconds": result.steps[-1]["seconds"] if result.steps else None})
+        if result.steps and "icl" in result.steps[-1]:
+            steps[-1]["icl"] = _renamed(result.steps[-1]["icl"], result.icl_pictures, f"icl/{step.id}_", icl_pictures)
+    return steps, step_args, icl_pictures
+
+
+def _renamed(icl: dict, pictures: dict[str, Image.Image], prefix: str, into: dict[str, Image.Image]) -> dict:
+    """A step's in-context trace with its demonstration pictures renamed `{prefix}demo<j>.png` (a Result
+    numbers them by its own steps; a workflow file's steps have ids), the pictures added to `into`."""
+    demos = []
+    for j, demo in enumerate(icl["demonstrations"]):
+        old = demo["picture"]
+        if old is not None:
+            demo = {**demo, "picture": f"{prefix}demo{j}.png"}
+            into[demo["picture"]] = pictures[old]
+        demos.append(demo)
+    return {**icl, "demonstrations": demos}
+
+
 def run_workflow_file(path: str | os.PathLike, *, model: str = "shapes-tiny", out: str | os.PathLike | None = None,
-                      sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False) -> RunOutcome:
+                      sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False,
+                      prompting: str | None = None, strict: bool = False) -> RunOutcome:
     """Check the file (every problem at once, as a `WorkflowFileError`), then `run_workflow`."""
     return run_workflow(load_workflow_file(path), model=model, out=out, sets=sets, session=session,
-                        progress=progress)
+                        progress=progress, prompting=prompting, strict=strict)

@@ -10,8 +10,12 @@ in the same voice. Reported (`speech_metrics` says how each is measured):
   language model over all items;
 - MCD-DTW (dB) against the reference; the duration ratio ours / reference;
 - voice match: median F0 within 10% of the reference's, on the held-out voices (never prompts in training);
-- real-time factor (generation + decoding seconds / seconds of audio, batch 1), autoregressive steps and
-  diffusion-head calls per second of audio.
+- real-time factor (generation + decoding seconds / seconds of audio, batch 1), and per second of audio:
+  autoregressive steps, diffusion-head calls (ours), NAR passes (the baseline) and network calls (their sum).
+
+Both kinds of model are measured the same way (`load_tts_model` picks by the checkpoint's config): our
+LatentLM (latent frames, each sampled by `steps` diffusion-head calls; `cfg_scale`) and the codec-token
+baseline `CodecLM` (one AR step per codec frame, then n_q - 1 NAR passes per utterance; `temperature`, `top_k`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from functools import lru_cache
 import numpy as np
 from tqdm.auto import tqdm
 
+from latentlm.codec_lm import CodecLM
+from latentlm.codec_lm_speech import DEFAULT_TOP_K, code_prompt, generate_codec_speech
 from latentlm.data.speech import VOICE_BY_NAME, speak, speech_item, speech_text, speech_voice
 from latentlm.evaluation.speech_metrics import Recognizer, mcd_dtw, median_f0, word_error_rate
 from latentlm.speech import (
@@ -42,30 +48,54 @@ def prompt_recording(voice: str) -> tuple[str, np.ndarray]:
     raise RuntimeError(f"no short val utterance of voice {voice!r}")
 
 
+def load_tts_model(name_or_path, verify: bool = True):
+    """A LatentLM or, when its config says `kind: codec_lm`, the codec-token baseline."""
+    from latentlm.checkpoint import read_config, resolve_checkpoint
+    from latentlm.model import LatentLM
+
+    directory = resolve_checkpoint(name_or_path)
+    if read_config(directory, verify).get("kind") == "codec_lm":
+        return CodecLM.from_pretrained(directory, verify=verify)
+    return LatentLM.from_pretrained(directory, verify=verify)
+
+
+def _speak(model, text: str, prompt_text: str, prompt_wav: np.ndarray, seed: int, steps: int, cfg_scale: float,
+           temperature: float, top_k: int | None) -> tuple[np.ndarray, dict]:
+    """One utterance in the prompt's voice: (wave, network calls besides the AR steps)."""
+    if isinstance(model, CodecLM):
+        prompt = code_prompt(model, prompt_wav, 16_000, prompt_text)
+        wav = generate_codec_speech(model, [text], prompt, temperature, top_k, seed)[0]
+        return wav, {"head_calls": 0, "nar_passes": model.config.n_q - 1}
+    prompt = voice_prompt(model, prompt_wav, 16_000, prompt_text)
+    wav = generate_speech(model, [text], prompt, steps, cfg_scale, seed, temperature)[0]
+    frames = len(wav) // model.codecs["audio"].hop_length
+    return wav, {"head_calls": steps * frames, "nar_passes": 0}  # guided streams share each head call
+
+
 def eval_tts(model, n: int = 40, split: str = "test", steps: int = DEFAULT_SPEECH_STEPS,
              cfg_scale: float = DEFAULT_SPEECH_CFG, temperature: float = DEFAULT_SPEECH_TEMPERATURE, seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, top_k: int | None = DEFAULT_TOP_K) -> dict:
+    """`model`: a LatentLM (steps, cfg_scale, temperature) or a CodecLM (temperature, top_k)."""
     grammar, general = Recognizer(grammar=True), Recognizer(grammar=False)
     rows = []
     for i in tqdm(range(n), desc="eval tts", disable=not progress):
         text, voice, ref = speech_item(split, i)
         prompt_text, prompt_wav = prompt_recording(voice.name)
         start = time.perf_counter()
-        prompt = voice_prompt(model, prompt_wav, 16_000, prompt_text)
-        wav = generate_speech(model, [text], prompt, steps, cfg_scale, seed + i, temperature)[0]
+        wav, calls = _speak(model, text, prompt_text, prompt_wav, seed + i, steps, cfg_scale, temperature, top_k)
         seconds = time.perf_counter() - start
         row = {"text": text, "voice": voice.name, "held_out_voice": voice.held_out, "seconds": seconds,
-               "audio_seconds": len(wav) / 16_000, "frames": len(wav) // model.codecs["audio"].hop_length,
+               "audio_seconds": len(wav) / 16_000, "frames": len(wav) // model.codecs["audio"].hop_length, **calls,
                "duration_ratio": len(wav) / len(ref), "mcd": mcd_dtw(wav, ref),
                "wer": word_error_rate(text, general(wav)), "wer_reference": word_error_rate(text, general(ref)),
                "f0": median_f0(wav), "f0_reference": median_f0(ref)}
         if speech_text(split, i)[1] == "shapes":
             row["heard"], row["heard_reference"] = grammar(wav), grammar(ref)
         rows.append(row)
-    return summarise(rows, steps)
+    return summarise(rows) | {"model": "codec_lm" if isinstance(model, CodecLM) else "latentlm"}
 
 
-def summarise(rows: list[dict], steps: int) -> dict:
+def summarise(rows: list[dict]) -> dict:
     shapes = [r for r in rows if "heard" in r]
     held = [r for r in rows if r["held_out_voice"] and np.isfinite(r["f0"]) and np.isfinite(r["f0_reference"])]
     audio = sum(r["audio_seconds"] for r in rows)
@@ -84,7 +114,9 @@ def summarise(rows: list[dict], steps: int) -> dict:
         "n_held_out_voice": len(held),
         "real_time_factor": sum(r["seconds"] for r in rows) / audio,
         "ar_steps_per_second": sum(r["frames"] for r in rows) / audio,
-        "head_calls_per_second": steps * sum(r["frames"] for r in rows) / audio,
+        "head_calls_per_second": sum(r["head_calls"] for r in rows) / audio,
+        "nar_passes_per_second": sum(r["nar_passes"] for r in rows) / audio,
+        "network_calls_per_second": sum(r["frames"] + r["head_calls"] + r["nar_passes"] for r in rows) / audio,
         "failures": [{k: r[k] for k in ("text", "voice", "heard", "duration_ratio")} for r in shapes
                      if r["heard"] != r["text"]][:10],
     }

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from latentlm.data.rendered import render_scenes
 from latentlm.data.shapes import CANVAS, Scene, ShapeObject, relation, scene_for
-from latentlm.data.tasks import QUESTION_KINDS, grounding_phrases, question
+from latentlm.data.tasks import QUESTION_KINDS, Example, grounding_phrases, question
 from latentlm.evaluation.scene_parser import Prompt, parse_prompt
 from latentlm.grounding import parse_grounded
 from latentlm.model import LatentLM
@@ -91,14 +91,13 @@ def eval_caption(model: LatentLM, n: int = 200, split: str = "test", batch_size:
 def eval_vqa(model: LatentLM, n: int = 420, split: str = "test", batch_size: int = 50, progress: bool = True,
              render: Callable = render_scenes) -> dict:
     """Exact-match accuracy per question kind, kinds taking turns over the scenes."""
-    items = [(s, question(s, QUESTION_KINDS[i % len(QUESTION_KINDS)], random.Random(s.seed)))
-             for i, s in enumerate(scenes(split, n))]
+    items = vqa_items(scenes(split, n))
     ok: dict[str, list[bool]] = defaultdict(list)
     failures = []
     for chunk in _batches(items, batch_size, "eval vqa", progress):
         answers = ask(model, render([s for s, _ in chunk]), [q.prompt for _, q in chunk])
         for (scene, q), got in zip(chunk, answers):
-            ok[q.task].append(got.strip().rstrip(".").lower() == q.answer)
+            ok[q.task].append(answer_is_right(got, q.answer))
             if not ok[q.task][-1]:
                 failures.append({"question": q.prompt, "truth": q.answer, "got": got, "scene": scene.caption})
     per_kind = {k.removeprefix("vqa:"): _rate(v) for k, v in sorted(ok.items())}
@@ -110,27 +109,49 @@ def eval_vqa(model: LatentLM, n: int = 420, split: str = "test", batch_size: int
 def eval_ground(model: LatentLM, n: int = 200, split: str = "test", batch_size: int = 50, progress: bool = True,
                 render: Callable = render_scenes) -> dict:
     """Phrase grounding accuracy at IoU >= 0.5, and grounded captions with every object boxed right."""
-    items = []
-    for s in scenes(split, n):
-        rng = random.Random(s.seed)
-        obj = rng.choice(s.objects)
-        items.append((s, obj, rng.choice(grounding_phrases(s, obj))))
+    items = ground_items(scenes(split, n))
     phrase_ok, caption_ok, failures = [], [], []
     for chunk in _batches(items, batch_size, "eval ground", progress):
         pixels = render([s for s, _, _ in chunk])
         located = ground(model, pixels, [p for _, _, p in chunk])
         described = caption(model, pixels, grounded=True)
         for (scene, obj, phrase), text, grounded in zip(chunk, located, described):
-            boxes = [pixel_box(b) for e in parse_grounded(text).entities for b in e.boxes]
-            phrase_ok.append(bool(boxes) and iou(boxes[0], obj.box) >= IOU_BAR)
-            caption_ok.append(_grounded_caption_is_right(grounded, scene))
+            phrase_ok.append(box_is_right(text, obj.box))
+            caption_ok.append(grounded_caption_is_right(grounded, scene))
             if not phrase_ok[-1]:
                 failures.append({"phrase": phrase, "truth": list(obj.box), "got": text})
     return {"phrase_grounding": _rate(phrase_ok), "grounded_caption": _rate(caption_ok), "n": n,
             "iou_bar": IOU_BAR, "split": split, "failures": failures[:10]}
 
 
-def _grounded_caption_is_right(kosmos: str, scene: Scene) -> bool:
+def vqa_items(items: list[Scene]) -> list[tuple[Scene, Example]]:
+    """The question set: scene i with a question of kind i mod 7 (the kinds take turns)."""
+    return [(s, question(s, QUESTION_KINDS[i % len(QUESTION_KINDS)], random.Random(s.seed)))
+            for i, s in enumerate(items)]
+
+
+def ground_items(items: list[Scene]) -> list[tuple[Scene, ShapeObject, str]]:
+    """The phrase-grounding set: (scene, the object to find, a phrase naming it alone)."""
+    out = []
+    for s in items:
+        rng = random.Random(s.seed)
+        obj = rng.choice(s.objects)
+        out.append((s, obj, rng.choice(grounding_phrases(s, obj))))
+    return out
+
+
+def answer_is_right(got: str, truth: str) -> bool:
+    """Exact match, case, surrounding space and a final full stop aside."""
+    return got.strip().rstrip(".").lower() == truth
+
+
+def box_is_right(kosmos: str, box: tuple[float, ...]) -> bool:
+    """Whether the first box of a Kosmos-2 string overlaps `box` (pixels of the canvas) at IoU >= 0.5."""
+    boxes = [pixel_box(b) for e in parse_grounded(kosmos).entities for b in e.boxes]
+    return bool(boxes) and iou(boxes[0], box) >= IOU_BAR
+
+
+def grounded_caption_is_right(kosmos: str, scene: Scene) -> bool:
     """Every object named by a phrase (colour and shape; size where stated) whose box has IoU >= 0.5."""
     entities = parse_grounded(kosmos).entities
     if len(entities) != len(scene.objects):

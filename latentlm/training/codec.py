@@ -3,8 +3,10 @@
 - `image_sigma_vae`: the image sigma-VAE on shapes-world scenes.
 - `audio_sigma_vae`, `encodec_tokenizer`: the audio sigma-VAE or the EnCodec tokenizer on random crops of
   the speech train split (`latentlm.data.speech`). The first `data.n_train` utterances are synthesised
-  once and cached in the run folder (`speech_train_<n>.npz`, 16-bit); a step's batch is a pure function
-  of (seed, step): one crop length for the step, then an utterance and an offset per row.
+  once and cached in the run folder (`speech_train_<n>.npz`, 16-bit); a step's global batch is a pure
+  function of (seed, step): one crop length for the step, then an utterance and an offset per row.
+
+Under several processes each trains on its rows of the global batch (`trainer.shard`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from latentlm.codecs import CODECS, ImageSigmaVAE, SigmaVAEConfig
 from latentlm.config_io import load_yaml_config
 from latentlm.errors import ConfigError
 from latentlm.data.rendered import shapes_images
-from latentlm.training.trainer import OptimConfig, train
+from latentlm.training.launch import launch
+from latentlm.training.trainer import OptimConfig, process_state, shard, train
 
 AUDIO_KINDS = ("audio_sigma_vae", "encodec_tokenizer")
 
@@ -79,9 +82,10 @@ class ImageCodecTask:
         self.config = config
         self.model = ImageSigmaVAE(config.codec_config())
 
-    def batch(self, step: int, batch_size: int) -> Tensor:
+    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> Tensor:
+        """Process `rank`'s rows of the step's global batch: scenes step*batch_size + j of the cycled train split."""
         n = self.config.data.n_train
-        return shapes_images("train", [(step * batch_size + j) % n for j in range(batch_size)])
+        return shapes_images("train", [(step * batch_size + j) % n for j in shard(range(batch_size), rank, world)])
 
     def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch)
@@ -166,10 +170,12 @@ class AudioCodecTask:
         frames = max(1, round(rng.uniform(lo, hi) * self.model.sample_rate / hop))
         return frames * hop
 
-    def batch(self, step: int, batch_size: int) -> Tensor:
+    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> Tensor:
+        """Process `rank`'s rows of the step's global batch (all crops are drawn, so the draws do not depend
+        on the process count)."""
         self.step = step  # the sigma warm-up of `loss` follows the step of the batch
         rng = np.random.default_rng([self.config.train.seed, step])
-        return self.clips.crops(rng, batch_size, self.crop_length(rng))
+        return shard(self.clips.crops(rng, batch_size, self.crop_length(rng)), rank, world)
 
     def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
         delay, warmup = self.config.noise_delay_steps, self.config.noise_warmup_steps
@@ -187,11 +193,18 @@ class AudioCodecTask:
         save_codec(model, out_dir)
 
 
-def train_codec(config_path: str | Path, out_dir: str | Path, resume: bool = False, **kwargs) -> Path:
+def train_codec(config_path: str | Path, out_dir: str | Path, resume: bool = False, num_processes: int = 1,
+                **kwargs) -> Path:
+    """Train from a YAML config; `num_processes` > 1 runs it in that many local processes."""
+    if num_processes > 1:
+        return launch(train_codec, (config_path, out_dir), dict(resume=resume, **kwargs), num_processes)
     config = load_yaml_config(config_path, CodecTrainConfig)
+    state = process_state()
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the config's seed
-    if config.kind in AUDIO_KINDS:
-        task = AudioCodecTask(config, Path(out_dir), progress=kwargs.get("progress", True))
-    else:
-        task = ImageCodecTask(config)
+    with state.main_process_first():  # the main process synthesises the speech cache, the others read it
+        if config.kind in AUDIO_KINDS:
+            progress = kwargs.get("progress", True) and state.is_main_process
+            task = AudioCodecTask(config, Path(out_dir), progress=progress)
+        else:
+            task = ImageCodecTask(config)
     return train(task, config.train, out_dir, resume=resume, **kwargs)

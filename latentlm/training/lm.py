@@ -34,7 +34,8 @@ from latentlm.data.tasks import BOXED_KINDS, UNDERSTANDING_TASKS, boxed_answer, 
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
 from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
-from latentlm.training.trainer import OptimConfig, train
+from latentlm.training.launch import launch
+from latentlm.training.trainer import OptimConfig, process_state, shard, train
 
 
 TASKS = ("t2i", *UNDERSTANDING_TASKS, "tts")
@@ -104,13 +105,17 @@ class LatentLMTask:
         self.tokenizer = TextTokenizer(config.tokenizer)
         self.codec = load_codec(config.codec)
         self.audio_codec = load_codec(config.audio_codec) if config.audio_codec else None
-        codecs = {"image": self.codec} | ({"audio": self.audio_codec} if self.audio_codec else {})
+        # The model gets its own copies (loaded again: weight-normed codecs cannot be deep-copied): batches are
+        # built on the CPU with these, wherever the model trains.
+        codecs = {"image": load_codec(config.codec)} | (
+            {"audio": load_codec(config.audio_codec)} if config.audio_codec else {})
         model_config = ModelConfig(
             vocab_size=self.tokenizer.vocab_size, latent_dim=self.codec.latent_dim,
             audio_latent_dim=self.audio_codec.latent_dim if self.audio_codec else None,
             image_tokens=self.codec.tokens_per_image, max_slots=self.codec.tokens_per_image,
             backbone=config.backbone, head=config.head, cfg_dropout=config.cfg_dropout,
             text_loss_weight=config.text_loss_weight, codecs={m: f"{m}_codec" for m in codecs},
+            reads=any(config.data.tasks.get(t) for t in UNDERSTANDING_TASKS),
         )
         self.model = LatentLM(model_config, self.tokenizer, codecs)
         if config.init_from:
@@ -149,6 +154,8 @@ class LatentLMTask:
                 f"init_from: {directory} holds a model whose {', '.join(diff)} differ from this config's; "
                 "start from a checkpoint of the same architecture (and tokenizer), or drop init_from"
             )
+        if saved.reads:  # a stage without reading tasks starts from a model that reads: it still does
+            self.model.config.reads = True
         load_weights(self.model, directory, exclude=("codecs.",), grow_rows=("embed.weight", "lm_head.weight"),
                      new_parts=("audio_in.", "audio_diffusion.") if new_speech else ())
 
@@ -164,8 +171,10 @@ class LatentLMTask:
         path.with_suffix(".tmp").replace(path)
         return mu
 
-    def batch(self, step: int, batch_size: int) -> Batch:
-        """A pure function of (seed, `step`): the same step always gives the same batch.
+    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> Batch:
+        """Process `rank`'s shard of the step's global batch, a pure function of (seed, `step`): the same
+        step always gives the same global batch, whatever the process count (each process builds all its
+        sequences, which is cheap next to the model, and collates its own rows).
 
         Seed 0 walks the scenes from the first; another seed (a later stage) starts elsewhere and
         draws other noise, tasks and caption variants."""
@@ -175,7 +184,7 @@ class LatentLMTask:
         gen = torch.Generator().manual_seed(key)
         icl = self.config.data.icl
         if icl.every and step % icl.every == icl.every - 1:
-            return self._in_context_batch(max(1, batch_size // icl.batch_divisor), rng, gen)
+            return self._in_context_batch(max(1, batch_size // icl.batch_divisor), rng, gen, rank, world)
         first = self.config.train.seed * 7_919
         idx = torch.tensor([(first + step * batch_size + j) % n for j in range(batch_size)])  # [B]
         mu = self.mu[idx]  # [B, N, D]
@@ -185,7 +194,7 @@ class LatentLMTask:
         seqs = [self._utterance(first + step * batch_size + j, rng, gen) if task == "tts"
                 else self._sequence(task, self.scenes[i], sampled[j], means[j], rng)
                 for j, (i, task) in enumerate(zip(idx.tolist(), tasks))]
-        return collate(seqs, self.model.config.latent_width, self.tokenizer.pad_id)
+        return collate(shard(seqs, rank, world), self.model.config.latent_width, self.tokenizer.pad_id)
 
     def _utterance(self, k: int, rng: random.Random, gen: torch.Generator):
         """A TTS example of utterance k mod n (its latents drawn afresh: z = mu + sigma * eps)."""
@@ -213,7 +222,8 @@ class LatentLMTask:
         segments = [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
         return segments, task_key(task, example.task)
 
-    def _in_context_batch(self, size: int, rng: random.Random, gen: torch.Generator) -> Batch:
+    def _in_context_batch(self, size: int, rng: random.Random, gen: torch.Generator, rank: int = 0,
+                          world: int = 1) -> Batch:
         """`size` sequences of k demonstrations and a query, all of one task each (text-to-speech aside)."""
         tok, n, icl = self.tokenizer, self.config.data.n_train, self.config.data.icl
         names = [t for t in self.task_names if t != "tts"]
@@ -228,7 +238,7 @@ class LatentLMTask:
                      for seg in demonstration(key, self.scenes[j], self.codec.normalize(self.mu[j]), tok, rng)]
             head = Text(query[0].ids[1:])  # the query without its <s>
             seqs.append([Text([tok.bos_id]), *demos, head, *query[1:]])
-        return collate(seqs, self.model.config.latent_width, tok.pad_id)
+        return collate(shard(seqs, rank, world), self.model.config.latent_width, tok.pad_id)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch)
@@ -237,10 +247,25 @@ class LatentLMTask:
         model.save_pretrained(out_dir)
 
 
+def check_world(config: LMTrainConfig, world: int) -> None:
+    """Every batch of the run must split evenly over `world` processes (in-context batches are smaller)."""
+    size, icl = config.train.batch_size, config.data.icl
+    if size % world:
+        raise ConfigError(f"train.batch_size {size} does not split over {world} processes: use a multiple of {world}")
+    if icl.every and max(1, size // icl.batch_divisor) % world:
+        raise ConfigError(f"data.icl: in-context batches of {max(1, size // icl.batch_divisor)} sequences do not "
+                          f"split over {world} processes: change train.batch_size or data.icl.batch_divisor")
+
+
 def train_lm(
-    config_path: str | Path, out_dir: str | Path, resume: bool = False, backbone: str | None = None, **kwargs
+    config_path: str | Path, out_dir: str | Path, resume: bool = False, backbone: str | None = None,
+    num_processes: int = 1, **kwargs
 ) -> Path:
-    """Train from a YAML config; `backbone` overrides the config's backbone kind."""
+    """Train from a YAML config; `backbone` overrides the config's backbone kind. `num_processes` > 1 runs
+    it in that many local processes (`latentlm.training.launch`); under torchrun each process calls this."""
+    if num_processes > 1:
+        return launch(train_lm, (config_path, out_dir), dict(resume=resume, backbone=backbone, **kwargs),
+                      num_processes)
     config = load_yaml_config(config_path, LMTrainConfig)
     if backbone is not None:
         try:  # shared fields carry over; a set field the new kind lacks is an error (n_kv_heads for retnet)
@@ -248,6 +273,9 @@ def train_lm(
         except ValidationError as err:
             raise ConfigError(f"--backbone {backbone}: {err.errors()[0]['msg']}; change the config's backbone "
                               "section to suit it") from None
+    state = process_state()
+    check_world(config, state.num_processes)
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the config's seed
-    task = LatentLMTask(config, Path(out_dir))
+    with state.main_process_first():  # the main process fills the run folder's caches, the others read them
+        task = LatentLMTask(config, Path(out_dir))
     return train(task, config.train, out_dir, resume=resume, **kwargs)

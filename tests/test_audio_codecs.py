@@ -418,3 +418,30 @@ def test_eval_audio_codec_reports_distances_and_rates():
     identity = tiny_vae()
     identity.reconstruct = lambda w: w
     assert eval_audio_codec(identity, waves=x)["mel_distance"] == 0
+
+
+@needs_espeak
+def test_init_from_starts_a_codec_run_from_trained_weights(tmp_path):
+    """`init_from` (a codec continued with a fresh schedule) loads the saved weights; a codec of another
+    kind or shape is a one-line ConfigError."""
+    from latentlm.checkpoint import save_codec
+    from latentlm.codecs import AudioSigmaVAE, AudioSigmaVAEConfig
+    from latentlm.training.codec import AudioCodecTask
+
+    torch.manual_seed(3)
+    trained = save_codec(AudioSigmaVAE(AudioSigmaVAEConfig(**TINY_VAE)), tmp_path / "trained")
+    data = {"n_train": 2, "crop_seconds": [0.2, 0.3]}
+    config = CodecTrainConfig.model_validate(
+        {"kind": "audio_sigma_vae", "codec": TINY_VAE, "data": data, "init_from": str(trained)})
+    task = AudioCodecTask(config, tmp_path, progress=False)
+    saved = load_codec(trained).state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in task.model.state_dict().items())
+    wider = CodecTrainConfig.model_validate({"kind": "audio_sigma_vae", "codec": TINY_VAE | {"latent_dim": 4},
+                                             "data": data, "init_from": str(trained)})
+    with pytest.raises(ConfigError, match="init_from: .* another architecture"):
+        AudioCodecTask(wider, tmp_path, progress=False)
+    other_kind = CodecTrainConfig.model_validate({"kind": "encodec_tokenizer", "codec": {"ratios": [4, 4], "n_filters": 4,
+                                                  "dimension": 8, "n_q": 2, "bins": 64}, "data": data,
+                                                  "init_from": str(trained)})
+    with pytest.raises(ConfigError, match="holds a AudioSigmaVAE, not a EncodecTokenizer"):
+        AudioCodecTask(other_kind, tmp_path, progress=False)

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from latentlm.checkpoint import save_codec
+from latentlm.checkpoint import load_codec, save_codec
 from latentlm.codecs import CODECS, ImageSigmaVAE, SigmaVAEConfig
 from latentlm.config_io import load_yaml_config
 from latentlm.errors import ConfigError
@@ -60,6 +60,9 @@ class CodecTrainConfig(BaseModel):
     # SEANet autoencoder starts to use z after ~200 steps (measured, tiny batch), then noise can come in.
     noise_delay_steps: int = Field(0, ge=0)
     noise_warmup_steps: int = Field(0, ge=0)
+    # A trained codec folder of the same kind and architecture: its weights start this run, with this
+    # config's fresh schedule (to continue a run whose schedule has ended).
+    init_from: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -80,7 +83,7 @@ class CodecTrainConfig(BaseModel):
 class ImageCodecTask:
     def __init__(self, config: CodecTrainConfig) -> None:
         self.config = config
-        self.model = ImageSigmaVAE(config.codec_config())
+        self.model = start_from(ImageSigmaVAE(config.codec_config()), config.init_from)
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> Tensor:
         """Process `rank`'s rows of the step's global batch: scenes step*batch_size + j of the cycled train split."""
@@ -95,6 +98,22 @@ class ImageCodecTask:
         images = shapes_images("train", list(range(self.config.stats_images)))
         model.set_latent_stats(images, torch.Generator().manual_seed(0))
         save_codec(model, out_dir)
+
+
+def start_from(model: nn.Module, init_from: str | None) -> nn.Module:
+    """`model` with the weights of the trained codec in `init_from` (checked), or as it is without one."""
+    if not init_from:
+        return model
+    saved = load_codec(init_from)
+    if type(saved) is not type(model):
+        raise ConfigError(f"init_from: {init_from} holds a {type(saved).__name__}, not a {type(model).__name__}; "
+                          "start from a codec of this config's kind")
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as e:
+        raise ConfigError(f"init_from: {init_from} holds a codec of another architecture "
+                          f"({str(e).splitlines()[0]}); start from one built by the same codec config") from None
+    return model
 
 
 class SpeechClips:
@@ -158,7 +177,7 @@ class AudioCodecTask:
     def __init__(self, config: CodecTrainConfig, run_dir: Path | None = None, progress: bool = True) -> None:
         self.config = config
         cls, _ = CODECS[config.kind]
-        self.model = cls(config.codec_config())
+        self.model = start_from(cls(config.codec_config()), config.init_from)
         n = config.data.n_train
         cache = Path(run_dir) / f"speech_train_{n}.npz" if run_dir is not None else None
         self.clips = SpeechClips.load_or_make(n, cache, progress=progress)

@@ -333,10 +333,12 @@ def test_two_step_runs_are_byte_identical_and_match_single_calls(tiny_model_dir)
 
 
 @pytest.mark.parametrize("name, least", [("routing_blind.yaml", 120), ("routing_blind2.yaml", 250),
-                                         ("routing_blind3.yaml", 260), ("routing_blind4.yaml", 260)])
+                                         ("routing_blind3.yaml", 260), ("routing_blind4.yaml", 260),
+                                         ("routing_blind5.yaml", 240)])
 def test_the_blind_routing_sets(monkeypatch, name, least):
     """tests/data/routing_blind*.yaml: phrasings written by someone who never read the rules or the other
-    cases (91.0%, 89.2%, 90.7% and 89.8% before the fixes they prompted; see their headers). Each case names the literal
+    cases (91.0%, 89.2%, 90.7% and 89.8% before the fixes they prompted; set 5, 97.9%, is still held out:
+    nothing was changed for it; see their headers). Each case names the literal
     arguments; references to pictures and earlier outputs are not spelled out in it."""
     cases = yaml.safe_load((ROUTING.parent / name).read_text())
     assert len(cases) >= least

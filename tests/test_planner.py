@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -361,3 +362,45 @@ def test_the_blind_routing_sets(monkeypatch, name, least):
             misses.append(f"{case['request']!r}: wanted {want}, got {got}")
     print("\n".join(misses))
     assert len(misses) <= 0.05 * len(cases), "\n".join(misses)
+
+
+# ---- run(request, audio=..., **options) ----------------------------------------------------------------------------
+class VoicedInputs(Fields):
+    text: str
+    voice: object = None
+    voice_text: str | None = None
+
+
+class VoicedOutputs(Fields):
+    text: str
+    voice: object = None
+    voice_text: str | None = None
+
+
+class VoicedSpeech(Workflow):
+    """A text-to-speech stand-in that returns what it was given, to see where `audio` and options go."""
+
+    name = "text-to-speech"
+    description = "Speak a text (a stand-in that echoes its inputs)."
+    Inputs = VoicedInputs
+    Outputs = VoicedOutputs
+
+    def run(self, session, text: str, voice=None, voice_text=None) -> VoicedOutputs:
+        return VoicedOutputs(text=text, voice=voice, voice_text=voice_text)
+
+
+def test_audio_is_the_voice_of_the_speech_steps_and_options_reach_the_steps_that_take_them(monkeypatch, tiny_model_dir):
+    from latentlm.workflows.session import Session
+
+    monkeypatch.setitem(registry.REGISTRY, "text-to-speech", VoicedSpeech())
+    session = Session(str(tiny_model_dir))
+    voice = (np.zeros(16000, dtype=np.float32), 16000)
+    planned = session.plan("say hello there", audio=voice, voice_text="the words in it")
+    assert planned.to_dict()["steps"] == [{"workflow": "text-to-speech", "args": {
+        "text": "hello there", "voice": "${{ inputs.audio }}", "voice_text": "the words in it"}}]
+    result = session.run("say hello there", audio=voice, voice_text="the words in it")
+    assert result.steps[0]["outputs"]["voice_text"] == "the words in it"
+    with pytest.raises(PromptError, match=r"^audio: no step of this plan takes it \(steps: text-to-image\)"):
+        session.plan("draw a red circle", audio=voice)
+    with pytest.raises(PromptError, match=r"^voice_text: no step of this plan takes it"):
+        session.run("draw a red circle", voice_text="x")

@@ -149,20 +149,27 @@ class Session:
         return picture
 
     # ---- planned requests ------------------------------------------------------------------------
-    def plan(self, request: str, image: ImageInput | None = None) -> Plan:
-        """The workflow steps `run` would execute for `request`, without running anything."""
-        return plan(request, has_image=image is not None, history=self.memory.history())
+    def plan(self, request: str, image: ImageInput | None = None, audio=None, **options) -> Plan:
+        """The workflow steps `run` would execute for `request`, without running anything.
 
-    def run(self, request: str, image: ImageInput | None = None, seed: int | None = None) -> Result:
-        """Plan `request`, check it, then run its steps; the result holds every step's outputs and record."""
+        `audio` (a recording: a sound file path or a (wave, rate) pair) is the voice of the plan's speech
+        steps (`${{ inputs.audio }}`); `options` are arguments for every step whose workflow takes them
+        (`voice_text=...`, `steps=8`, `cfg_scale=...`); one that no step takes is a `PromptError`."""
+        the_plan = plan(request, has_image=image is not None, history=self.memory.history())
+        return with_options(the_plan, {"voice": Given("audio")} if audio is not None else {}, options)
+
+    def run(self, request: str, image: ImageInput | None = None, audio=None, seed: int | None = None,
+            **options) -> Result:
+        """Plan `request`, check it, then run its steps; the result holds every step's outputs and record.
+        `audio` and `options`: as for `plan`."""
         seed = self.seed if seed is None else check_seed(seed)
-        the_plan = self.plan(request, image)
+        the_plan = self.plan(request, image, audio, **options)
         warnings = self.vet(the_plan.steps)
-        picture = self.attach(image) if image is not None else None
+        given = {"image": self.attach(image) if image is not None else None, "audio": audio}
         result = Result(plan=the_plan, seed=seed, warnings=warnings)
         outputs: list[Fields] = []
         for i, step in enumerate(the_plan.steps):
-            args = {k: self._resolve(v, picture, outputs) for k, v in step.args.items()}
+            args = {k: self._resolve(v, given, outputs) for k, v in step.args.items()}
             shown_args = {k: shown(v) for k, v in step.args.items()}
             if "seed" in get(step.workflow).Inputs.model_fields:
                 args["seed"] = shown_args["seed"] = step_seed(seed, i)
@@ -179,11 +186,11 @@ class Session:
             raise PromptError(" ".join(notes) + " (strict: nothing was run; without strict it runs with a warning)")
         return notes
 
-    def _resolve(self, value: Any, picture: Image.Image | None, outputs: list[Fields]) -> Any:
+    def _resolve(self, value: Any, given: dict[str, Any], outputs: list[Fields]) -> Any:
         if isinstance(value, Ref):
             return getattr(outputs[value.step], value.field)
         if isinstance(value, Given):
-            return picture
+            return given[value.name]
         if isinstance(value, Remembered):
             return getattr(self.memory, value.name)
         return value
@@ -271,6 +278,22 @@ class Session:
         `sampling`: steps, cfg_scale, temperature (speech has its own defaults, `latentlm.speech`)."""
         return self.call("text-to-speech", text=text, voice=voice, voice_text=voice_text,
                          seed=self.seed if seed is None else check_seed(seed), **sampling)
+
+
+def with_options(the_plan: Plan, speech: dict, options: dict) -> Plan:
+    """`the_plan` with `speech` added to its text-to-speech steps and each option to every step that takes it."""
+    steps, taken = [], set()
+    for step in the_plan.steps:
+        fields = get(step.workflow).Inputs.model_fields
+        extra = {k: v for k, v in options.items() if k in fields} | (speech if step.workflow == "text-to-speech" else {})
+        taken |= extra.keys()
+        steps.append(Step(step.workflow, step.args | extra))
+    unused = [k for k in (*speech, *options) if k not in taken]
+    if unused:
+        names = ", ".join("audio" if k == "voice" else k for k in unused)
+        raise PromptError(f"{names}: no step of this plan takes it (steps: {', '.join(s.workflow for s in the_plan.steps)});"
+                          " audio is the voice of a speech step, options are inputs of the plan's workflows")
+    return Plan(tuple(steps))
 
 
 def _seed(seed: int | None) -> int | None:

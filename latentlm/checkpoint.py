@@ -188,6 +188,23 @@ def load_weights(
     module.load_state_dict(state, strict=not exclude and not new_parts)
 
 
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def load_saved_tokenizer(directory: Path, vocab_size: int, verify: bool = True):
+    """The `tokenizer.model` saved in a model folder (checked when `verify`); it must hold the config's
+    `vocab_size` tokens, or the folder's parts do not belong together."""
+    from latentlm.tokenizer import TextTokenizer
+
+    path = Path(directory) / TOKENIZER_FILE
+    verify_file(path, verify)
+    tokenizer = TextTokenizer(path)
+    if tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(f"{path} has {tokenizer.vocab_size} tokens but {Path(directory) / CONFIG_FILE} "
+                              f"expects {vocab_size}; use the tokenizer saved with this model")
+    return tokenizer
+
+
 def save_codec(codec: nn.Module, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write a codec as its own checkpoint directory: `{kind, ...config}` + weights."""
     from latentlm.codecs import CODECS

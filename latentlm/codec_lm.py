@@ -48,13 +48,12 @@ from torch import Tensor, nn
 
 from latentlm.backbones import BackboneConfig, build_backbone
 from latentlm.checkpoint import (
-    CONFIG_FILE, atomic_dir, load_codec, load_weights, read_config, resolve_checkpoint, save_codec, save_weights,
-    verify_file, write_checksums, write_config,
+    CONFIG_FILE, TOKENIZER_FILE, atomic_dir, load_codec, load_saved_tokenizer, load_weights, read_config,
+    resolve_checkpoint, save_codec, save_weights, write_checksums, write_config,
 )
 from latentlm.errors import CheckpointError
 from latentlm.tokenizer import TextTokenizer
 
-TOKENIZER_FILE = "tokenizer.model"
 IGNORE = -100  # cross-entropy target of positions without a loss
 
 
@@ -248,12 +247,7 @@ class CodecLM(nn.Module):
         except ValueError as e:
             first = str(e).splitlines()[0]
             raise CheckpointError(f"{directory / CONFIG_FILE} is not a valid baseline config ({first})") from None
-        verify_file(directory / TOKENIZER_FILE, verify)
-        tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
-        if tokenizer.vocab_size != config.vocab_size:
-            raise CheckpointError(f"{directory / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but "
-                                  f"{directory / CONFIG_FILE} expects {config.vocab_size}; use the tokenizer saved "
-                                  "with it")
+        tokenizer = load_saved_tokenizer(directory, config.vocab_size, verify)
         model = cls(config, tokenizer, load_codec(directory / config.codec, verify))
         load_weights(model, directory, exclude=("codecs.",), verify=verify)
         return model.eval()

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from latentlm.backbones import build_backbone
 from latentlm.checkpoint import (
-    CONFIG_FILE, atomic_dir, load_codec, load_weights, read_config, resolve_checkpoint, save_codec,
-    save_weights, verify_file, write_checksums, write_config,
+    CONFIG_FILE, TOKENIZER_FILE, atomic_dir, load_codec, load_saved_tokenizer, load_weights, read_config,
+    resolve_checkpoint, save_codec, save_weights, write_checksums, write_config,
 )
 from latentlm.diffusion_head import DiffusionHead
 from latentlm.errors import CheckpointError
@@ -28,7 +28,6 @@ from latentlm.model_config import ModelConfig
 from latentlm.sequence import MODALITY_INDEX, Batch
 from latentlm.tokenizer import TextTokenizer
 
-TOKENIZER_FILE = "tokenizer.model"
 
 
 class LatentLM(nn.Module):
@@ -156,13 +155,7 @@ class LatentLM(nn.Module):
                 f"model {str(name_or_path)!r} was trained with the {config.backbone.kind} backbone, not {backbone}; "
                 f"pass a model trained with `latentlm train CONFIG --backbone {backbone}`, or drop --backbone"
             )
-        verify_file(directory / TOKENIZER_FILE, verify)
-        tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
-        if tokenizer.vocab_size != config.vocab_size:
-            raise CheckpointError(
-                f"{directory / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but {directory / CONFIG_FILE} "
-                f"expects {config.vocab_size}; use the tokenizer saved with this model"
-            )
+        tokenizer = load_saved_tokenizer(directory, config.vocab_size, verify)
         codecs = {m: load_codec(directory / sub, verify) for m, sub in config.codecs.items()}
         model = cls(config, tokenizer, codecs)
         load_weights(model, directory, exclude=("codecs.",), verify=verify)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from latentlm.data.tasks import CAPTION_PROMPTS, GROUNDED_CAPTION_PROMPT, ground_prompt
+from latentlm.data.tasks import CAPTION_PROMPTS, GROUNDED_CAPTION_PROMPT, final_answer, ground_prompt
 from latentlm.errors import PromptError
 from latentlm.grounding import parse_grounded
 from latentlm.model import LatentLM
@@ -59,7 +59,13 @@ def caption(model: LatentLM, pixels: Tensor, grounded: bool = False, via_boxes: 
 
 def ask(model: LatentLM, pixels: Tensor, questions: list[str]) -> list[str]:
     """An answer per (picture, question). A model trained with boxed answers boxes the objects before a
-    spatial answer (`tasks.boxed_answer`); the answer is the text without those tags."""
+    spatial answer (`tasks.boxed_answer`), and may state the relation it reads off them first; the answer is
+    the text without those tags and that statement (`ask_with_reasons` keeps the statement)."""
+    return [final_answer(a) for a in ask_with_reasons(model, pixels, questions)]
+
+
+def ask_with_reasons(model: LatentLM, pixels: Tensor, questions: list[str]) -> list[str]:
+    """Answers as written, without box tags: 'the red circle is left of the blue square, so yes'."""
     asked = [_clean(q, "question", "what colour is the circle?") for q in questions]
     return [parse_grounded(a).text for a in complete(model, pixels, asked)]
 

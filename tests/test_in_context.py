@@ -95,3 +95,55 @@ train: {{steps: 1, batch_size: 32, seed: 0}}
     boxed = [r for r in rows if "<object>" in r]
     assert boxed and all(r.split("</image>")[1].lstrip().startswith(("is ", "what is", "do you see")) for r in boxed)
     assert any("how many" in r for r in rows) and not any("how many" in r for r in boxed)
+
+
+def test_reasoned_answers_state_the_relation_in_the_questions_order_and_read_back_plain():
+    from latentlm.data.shapes import relation
+    from latentlm.data.tasks import Example, boxed_answer, final_answer
+    from latentlm.grounding import parse_grounded
+
+    scene = next(s for s in (scene_for("train", i) for i in range(100)) if len(s.objects) == 2)
+    a, b = scene.objects
+    ref_a, ref_b = f"the {a.colour} {a.shape}", f"the {b.colour} {b.shape}"
+    truth = relation(b, a)  # the converse of the caption's order
+    asked = Example("vqa:relation", f"is {ref_b} {truth} {ref_a}?", "yes")
+    text = parse_grounded(boxed_answer(scene, asked, reasoned=True)).text
+    assert text == f"{ref_b} is {truth} {ref_a}, so yes" and final_answer(text) == "yes"
+    what = Example("vqa:what_is", f"what is {relation(a, b)} {ref_b}?", f"a {a.colour} {a.shape}")
+    text = parse_grounded(boxed_answer(scene, what, reasoned=True)).text
+    assert text == f"{ref_a} is {relation(a, b)} {ref_b}, so a {a.colour} {a.shape}"
+    assert final_answer(text) == f"a {a.colour} {a.shape}"
+    lone = Example("vqa:relation", f"is there a {a.colour} {a.shape}?", "yes")  # the one-object fallback
+    assert parse_grounded(boxed_answer(scene, lone, reasoned=True)).text == "yes"
+
+
+def test_reasoned_answers_need_boxed_answers():
+    from latentlm.training.lm import LMDataConfig
+
+    with pytest.raises(ValueError, match="boxed_answers: true"):
+        LMDataConfig(reasoned_answers=True)
+    assert LMDataConfig(boxed_answers=True, reasoned_answers=True).reasoned_answers
+
+
+def test_reasoned_colour_answers_box_the_object_asked_about():
+    from latentlm.data.shapes import object_tokens
+    from latentlm.data.tasks import Example, boxed_answer
+
+    scene = next(s for s in (scene_for("train", i) for i in range(300))
+                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    a, b = scene.objects
+    asked = Example("vqa:colour", f"what colour is the {b.shape}?", b.colour)
+    assert boxed_answer(scene, asked, reasoned=True) == f"{object_tokens(b.box)} a {b.colour} {b.shape}, so {b.colour}"
+
+
+def test_every_reasoned_answer_reads_back_to_the_plain_answer():
+    import random
+
+    from latentlm.data.tasks import REASONED_KINDS, boxed_answer, final_answer, question
+    from latentlm.grounding import parse_grounded
+
+    for i in range(200):
+        scene = scene_for("train", i)
+        for kind in REASONED_KINDS:
+            example = question(scene, kind, random.Random(i))
+            assert final_answer(parse_grounded(boxed_answer(scene, example, reasoned=True)).text) == example.answer

@@ -198,18 +198,60 @@ def draw_example(scene: Scene, task: str, rng: random.Random) -> Example:
 UNDERSTANDING_TASKS = ("caption", "grounded_caption", "ground", "refer", "vqa")
 
 
-# Question kinds whose answer the model may write after boxing the objects it compares ("boxed answers").
+# Question kinds whose answer the model may write after boxing the objects it compares ("boxed answers"),
+# and those it reasons about from boxes (boxed_answer(reasoned=True)).
 BOXED_KINDS = ("relation", "what_is")
+REASONED_KINDS = (*BOXED_KINDS, "colour")
 
 
-def boxed_answer(scene: Scene, example: Example) -> str:
+def boxed_answer(scene: Scene, example: Example, reasoned: bool = False) -> str:
     """The answer of a spatial question preceded by the boxes of the scene's objects, those the question
     names first, in the order it names them: `<object>..</object><object>..</object> yes`.
 
     Why: with each object's box written before the words that depend on where it is, the model gets
     relations right far more often (captions: 92% of two-object scenes via boxes against 66% without,
-    val, stage 4). `parse_grounded(...).text` of such an answer is the plain answer."""
-    named = sorted((o for o in scene.objects if f"the {o.colour} {o.shape}" in example.prompt),
-                   key=lambda o: example.prompt.index(f"the {o.colour} {o.shape}"))
+    val, stage 4). `parse_grounded(...).text` of such an answer is the plain answer.
+
+    `reasoned=True` also states, after the boxes, where the objects are relative to each other, in the
+    question's order, before the answer: `<object>..</object><object>..</object> the green circle is
+    left of the orange square, so yes`. Why: with boxes alone, the stage-5 model answered a question
+    asked in the converse of its caption's order ("is green left of orange?" of "orange right of green")
+    "no" with both boxes right; stating the relation of the question's first object splits the answer
+    into reading it off the boxes and comparing words. `final_answer` strips the statement."""
+    if reasoned and example.task == "vqa:colour":
+        return _reasoned_colour(scene, example)
+    named = sorted((o for o in scene.objects if _full_ref(o) in example.prompt),
+                   key=lambda o: example.prompt.index(_full_ref(o)))
     rest = [o for o in scene.objects if o not in named]
-    return "".join(object_tokens(o.box) for o in (*named, *rest)) + " " + example.answer
+    boxes = "".join(object_tokens(o.box) for o in (*named, *rest))
+    statement = _stated_relation(example, named, rest) if reasoned else ""
+    return f"{boxes} {statement}{example.answer}"
+
+
+def _reasoned_colour(scene: Scene, example: Example) -> str:
+    """'<object>..</object> a green circle, so green': the box of the object asked about, then what is there.
+    Why: the stage-5 model answered every missed colour question of a two-object scene with the colour of
+    the caption's first object; boxing the object asked about first makes it name the right one."""
+    obj = next(o for o in scene.objects if example.prompt.endswith(_ref_without_colour(scene, o) + "?"))
+    return f"{object_tokens(obj.box)} {phrase_of(obj, with_size=False)}{REASON_SEP}{example.answer}"
+
+
+REASON_SEP = ", so "  # between a stated relation and the answer it leads to (boxed_answer(reasoned=True))
+
+
+def _stated_relation(example: Example, named: list[ShapeObject], rest: list[ShapeObject]) -> str:
+    """'the A is <relation> the B, so ' for a two-object spatial question ('' otherwise): A is the object
+    the question asks about ("is A left of B?"; "what is left of B?": the other object, A)."""
+    kind = example.task.removeprefix("vqa:")
+    if kind == "relation" and len(named) == 2:
+        a, b = named
+    elif kind == "what_is" and len(named) == 1 and rest:
+        a, b = rest[0], named[0]
+    else:
+        return ""
+    return f"{_full_ref(a)} is {relation(a, b)} {_full_ref(b)}{REASON_SEP}"
+
+
+def final_answer(text: str) -> str:
+    """The answer at the end of a reasoned one ('the red circle is left of the blue square, so yes' -> 'yes')."""
+    return text.rsplit(REASON_SEP, 1)[-1].strip()

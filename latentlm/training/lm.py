@@ -30,7 +30,7 @@ from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, collate, frame
 from latentlm.data.shapes import scene_for
-from latentlm.data.tasks import BOXED_KINDS, UNDERSTANDING_TASKS, boxed_answer, draw_example
+from latentlm.data.tasks import BOXED_KINDS, REASONED_KINDS, UNDERSTANDING_TASKS, boxed_answer, draw_example
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
 from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
@@ -49,6 +49,8 @@ class LMDataConfig(BaseModel):
     speech: TTSDataConfig = TTSDataConfig()  # used by the "tts" task
     icl: ICLConfig = ICLConfig()  # in-context batches: demonstrations before the query (latentlm.data.in_context)
     boxed_answers: bool = False  # relation and "what is left of ..." answers follow the objects' boxes (tasks.boxed_answer)
+    # ... and state what the boxes show before answering; colour answers box their object (needs boxed_answers)
+    reasoned_answers: bool = False
 
     @field_validator("tasks")
     @classmethod
@@ -59,6 +61,12 @@ class LMDataConfig(BaseModel):
         if not tasks or any(w < 0 for w in tasks.values()) or sum(tasks.values()) <= 0:
             raise ValueError("give each task a weight >= 0, with a positive total")
         return tasks
+
+    @model_validator(mode="after")
+    def _reasons_follow_boxes(self) -> "LMDataConfig":
+        if self.reasoned_answers and not self.boxed_answers:
+            raise ValueError("reasoned_answers states a relation read off the boxes: set boxed_answers: true too")
+        return self
 
 
 class LMTrainConfig(BaseModel):
@@ -216,8 +224,10 @@ class LatentLMTask:
             return [Text([tok.bos_id] + text), *frame("image", sampled, tok.token_id), Text([tok.eos_id])], task
         example = draw_example(scene, task, rng)  # <image> mu </image> prompt answer
         answer = example.answer
-        if self.config.data.boxed_answers and example.task.removeprefix("vqa:") in BOXED_KINDS:
-            answer = boxed_answer(scene, example)
+        reasoned = self.config.data.reasoned_answers
+        boxed_kinds = REASONED_KINDS if reasoned else BOXED_KINDS
+        if self.config.data.boxed_answers and example.task.removeprefix("vqa:") in boxed_kinds:
+            answer = boxed_answer(scene, example, reasoned=reasoned)
         text = tok.encode(example.prompt) + tok.encode(answer) + [tok.eos_id]
         segments = [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
         return segments, task_key(task, example.task)

@@ -152,16 +152,23 @@ class DiffusionHead(nn.Module):
     def latent_dim(self) -> int:
         return self.net.out.out_features
 
-    def loss(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Denoising loss of clean latents `target` [N, D] given conditions `cond` [N, C]."""
+    def loss(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+             noise: tuple[Tensor, Tensor] | None = None, reduction: str = "mean") -> Tensor:
+        """Denoising loss of clean latents `target` [N, D] given conditions `cond` [N, C], each repeated
+        `batch_mul` times with its own noise and timestep; `noise` = (noise [m*N, D], timesteps [m*N])
+        gives them instead of drawing them from `generator`."""
         m = self.config.batch_mul
         x0 = target.repeat(m, 1)  # [m*N, D]
         c = cond.repeat(m, 1)  # [m*N, C]
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = torch.randint(0, self.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-        x_t = self.noise_scheduler.add_noise(x0, noise, t)
-        goal = noise if self.config.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
-        return F.mse_loss(self.net(x_t, t, c), goal)
+        if noise is None:
+            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            t = torch.randint(0, self.config.num_train_timesteps, (x0.shape[0],), generator=generator,
+                              device=x0.device)
+        else:
+            eps, t = noise[0].to(x0.dtype), noise[1]
+        x_t = self.noise_scheduler.add_noise(x0, eps, t)
+        goal = eps if self.config.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, eps, t)
+        return F.mse_loss(self.net(x_t, t, c), goal, reduction=reduction)
 
     def sampler(self, scheduler_class: type[DPMSolverMultistepScheduler] = DPMSolverMultistepScheduler,
                 ) -> DPMSolverMultistepScheduler:

@@ -25,7 +25,7 @@ from latentlm.checkpoint import (
 from latentlm.diffusion_head import DiffusionHead
 from latentlm.errors import CheckpointError
 from latentlm.model_config import ModelConfig
-from latentlm.sequence import MODALITY_INDEX, Batch
+from latentlm.sequence import MODALITY_INDEX, Batch, loss_positions
 from latentlm.tokenizer import TextTokenizer
 
 
@@ -89,33 +89,41 @@ class LatentLM(nn.Module):
         positions (with, inside speech spans, the text head's "no `</audio>` yet" at every latent that
         another latent follows).
 
-        Latents that are read (understanding: `Latent(..., target=False)`) are inputs only."""
+        Latents that are read (understanding: `Latent(..., target=False)`) are inputs only. A shard of a
+        global batch (`sequence.shard_batch`) gives each term as its share of the global batch's mean
+        (sum * world / global count; DDP averages the shares) and draws each row's noise from its seed."""
         h, _ = self(batch)  # [B, T, d]
         h, nxt = h[:, :-1], slice(1, None)
-        both_valid = batch.valid[:, :-1] & batch.valid[:, nxt]
+        where = loss_positions(batch, self.config.modalities)
+        counts = batch.loss_counts or {k: int(v.sum()) for k, v in where.items()}
+        mean = lambda total, key, per_item=1: total * batch.world / max(1, counts[key] * per_item)  # noqa: E731
         total, logs = h.sum() * 0, {}
         for m in self.config.modalities:
-            latent_next = both_valid & batch.latent_target[:, nxt] & (batch.modality[:, nxt] == MODALITY_INDEX[m])
             head = self.diffusion_head(m)
-            targets = batch.latents[:, nxt][latent_next][:, : head.latent_dim]  # [N_m, D_m]
-            diff = head.loss(targets, h[latent_next]) if targets.numel() else h.sum() * 0
+            targets = batch.latents[:, nxt][where[m]][:, : head.latent_dim]  # [N_m, D_m]
+            diff = h.sum() * 0
+            if targets.numel():
+                noise = None if batch.row_seed is None else _row_noise(batch.row_seed + MODALITY_INDEX[m] * 997,
+                                                                        where[m], head)
+                diff = mean(head.loss(targets, h[where[m]], noise=noise, reduction="sum"), m,
+                            head.config.batch_mul * head.latent_dim)
             total = total + diff
             logs["diffusion" if m == "image" else f"diffusion_{m}"] = diff.item()
-        text_next = both_valid & ~batch.is_latent[:, nxt]
-        logits = self.lm_head(h[text_next])  # [N_text, V]
-        ce = F.cross_entropy(logits, batch.ids[:, nxt][text_next]) if logits.numel() else h.sum() * 0
-        go_on = both_valid & (batch.audio_stop[:, :-1] == 0)  # a latent follows: p(</audio>) should be low
-        if go_on.any():
-            ce = ce + self._continue_loss(h[go_on])
+        logits = self.lm_head(h[where["text"]])  # [N_text, V]
+        ce = h.sum() * 0
+        if logits.numel():
+            ce = mean(F.cross_entropy(logits, batch.ids[:, nxt][where["text"]], reduction="sum"), "text")
+        if where["go_on"].any():
+            ce = ce + mean(self._continue_loss(h[where["go_on"]]), "go_on")
         total = total + self.config.text_loss_weight * ce
         return total, logs | {"text_ce": ce.item()}
 
     def _continue_loss(self, h: Tensor) -> Tensor:
-        """-log(1 - p(`</audio>`)) at positions [N, d] that another audio latent follows (as -log(-expm1(log p)):
-        exact for p near 0, where the model mostly is)."""
+        """Summed -log(1 - p(`</audio>`)) at positions [N, d] that another audio latent follows (as
+        -log(-expm1(log p)): exact for p near 0, where the model mostly is)."""
         log_p = self.lm_head(h).float().log_softmax(-1)[:, self.tokenizer.token_id("</audio>")]  # [N]
         one_minus_p = (-torch.expm1(log_p)).clamp_min(1e-12)
-        return -torch.log(one_minus_p).mean()
+        return -torch.log(one_minus_p).sum()
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -166,3 +174,18 @@ class LatentLM(nn.Module):
 
     def describe(self) -> str:
         return json.dumps({"parameters": self.num_parameters(), **self.config.model_dump(mode="json")}, indent=2)
+
+
+def _row_noise(seeds: Tensor, where: Tensor, head: DiffusionHead) -> tuple[Tensor, Tensor]:
+    """Noise [m*N, D] and timesteps [m*N] for the N positions of `where` [B, T-1], row b's drawn from
+    seeds[b]: the same draw whichever process holds the row. Laid out as `head.loss` repeats its
+    targets (m copies of all N)."""
+    m, dim, steps = head.config.batch_mul, head.latent_dim, head.config.num_train_timesteps
+    noise, t = [], []
+    for seed, n in zip(seeds.tolist(), where.sum(1).tolist()):
+        g = torch.Generator().manual_seed(seed)
+        noise.append(torch.randn(m, n, dim, generator=g))  # [m, n_b, D]
+        t.append(torch.randint(0, steps, (m, n), generator=g))  # [m, n_b]
+    device = where.device
+    return torch.cat(noise, 1).reshape(-1, dim).to(device), torch.cat(t, 1).reshape(-1).to(device)
+

@@ -52,10 +52,42 @@ class Batch:
     latent_target: Tensor  # [B, T] bool; latent positions the diffusion head learns (a subset of is_latent)
     modality: Tensor  # [B, T] long; MODALITY_INDEX at latent positions, -1 elsewhere
     audio_stop: Tensor  # [B, T] long; in an audio span: 1 if `</audio>` comes next, 0 if a latent does; else -1
+    # One process's shard of a global batch (training on several processes, `shard_batch`):
+    row_seed: Tensor | None = None  # [B] long: each row's diffusion-noise seed, from its place in the global batch
+    loss_counts: dict[str, int] | None = None  # positions per loss term in the global batch (`loss_positions`)
+    world: int = 1  # processes that share the global batch
 
     def to(self, device) -> "Batch":
         fields = ("ids", "latents", "is_latent", "slot", "valid", "latent_target", "modality", "audio_stop")
-        return Batch(*(getattr(self, f).to(device) for f in fields))
+        return Batch(*(getattr(self, f).to(device) for f in fields), self.row_seed, self.loss_counts, self.world)
+
+
+def loss_positions(batch: Batch, modalities) -> dict[str, Tensor]:
+    """Where each loss term is taken, as masks [B, T-1] over the prediction at t of position t+1: the
+    diffusion loss of each modality, "text" (cross-entropy) and "go_on" (a latent, not `</audio>`, follows)."""
+    nxt = slice(1, None)
+    both_valid = batch.valid[:, :-1] & batch.valid[:, nxt]
+    out = {m: both_valid & batch.latent_target[:, nxt] & (batch.modality[:, nxt] == MODALITY_INDEX[m])
+           for m in modalities}
+    out["text"] = both_valid & ~batch.is_latent[:, nxt]
+    out["go_on"] = both_valid & (batch.audio_stop[:, :-1] == 0)
+    return out
+
+
+def shard_batch(seqs: list[Sequence], rank: int, world: int, seed: int, modalities, latent_dim: int,
+                pad_id: int) -> Batch:
+    """Process `rank`'s rows of a global batch, with what makes its loss the global batch's: the loss
+    positions counted over all rows, and a noise seed per row (`seed` * 4096 + its global index). With
+    them, N processes with a shard each take the same gradient step as one process with every row."""
+    if len(seqs) % world:
+        raise ValueError(f"a batch of {len(seqs)} rows does not split over {world} processes")
+    b = len(seqs) // world
+    whole = collate(seqs, latent_dim, pad_id)
+    counts = {k: int(v.sum()) for k, v in loss_positions(whole, modalities).items()}
+    mine = collate(seqs[rank * b:(rank + 1) * b], latent_dim, pad_id) if world > 1 else whole
+    mine.row_seed = seed * 4096 + torch.arange(rank * b, (rank + 1) * b)  # [b]
+    mine.loss_counts, mine.world = counts, world
+    return mine
 
 
 def frame(modality: Modality, z: Tensor, marker_id, target: bool = True) -> Sequence:

@@ -95,6 +95,25 @@ def test_one_process_sees_todays_lm_batches(mixed_task):
         assert all(torch.equal(getattr(again, f), getattr(old, f)) for f in BATCH_FIELDS)
 
 
+def test_shards_of_a_global_batch_give_the_whole_batch_gradient(mixed_task):
+    """Two shards' losses (each its share of the global mean, its rows' own noise), averaged as DDP does,
+    have the gradient of the whole batch in one process: different rows per shard hold different numbers
+    of text tokens and latents, which a per-shard mean would weigh wrongly."""
+    model = mixed_task.model
+
+    def gradient(batch) -> torch.Tensor:
+        model.zero_grad()
+        model.loss(batch)[0].backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    for step in (0, 2):  # a mixture batch and an in-context batch
+        whole = gradient(mixed_task.batch(step, 8))
+        shards = [mixed_task.batch(step, 8, rank=r, world=2) for r in (0, 1)]
+        assert shards[0].loss_counts == shards[1].loss_counts
+        halves = (gradient(shards[0]) + gradient(shards[1])) / 2
+        assert relative_error(whole, halves) <= 1e-5, step
+
+
 def audio_task(seed: int = 0) -> AudioCodecTask:
     """An audio codec task on five synthetic utterances (no speech synthesis), with a stand-in model."""
     config = CodecTrainConfig.model_validate({"kind": "audio_sigma_vae", "data": {"crop_seconds": [0.1, 0.3]},
@@ -329,6 +348,17 @@ def test_two_processes_with_half_the_batch_match_one_process(tmp_path):
     assert json.loads((ckpt / "trainer.json").read_text())["world_size"] == 2
     assert "train.batch_size 7 does not split over 2 processes" in seen["errors"]["odd_batch"]
     assert seen["errors"]["fsdp"].startswith("ConfigError: train.distributed: fsdp needs GPUs")
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_latentlm_as_one_does(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+    """The bar of issue 22 on the real model: 30 steps of a tiny LatentLM (a mixture of tasks, in-context
+    batches among them), 2 processes with half the batch each vs 1 process, fp32 on CPU."""
+    config = write_tiny_lm_config(tmp_path / "lm.yaml", tiny_tokenizer_path, tiny_codec_dir, steps=30)
+    one = weights(train_lm(config, tmp_path / "one", progress=False))
+    two = weights(train_lm(config, tmp_path / "two", num_processes=2, progress=False))
+    errors = {k: relative_error(one[k], two[k]) for k in one}
+    assert max(errors.values()) <= 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
 @pytest.mark.slow

@@ -28,14 +28,14 @@ from latentlm.diffusion_head import DiffusionHeadConfig
 from latentlm.errors import ConfigError
 from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
-from latentlm.sequence import Batch, Latent, Text, collate, frame
+from latentlm.sequence import Batch, Latent, Text, frame, shard_batch
 from latentlm.data.shapes import scene_for
 from latentlm.data.tasks import BOXED_KINDS, REASONED_KINDS, UNDERSTANDING_TASKS, boxed_answer, draw_example
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
 from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
 from latentlm.training.launch import launch
-from latentlm.training.trainer import OptimConfig, process_state, shard, train
+from latentlm.training.trainer import OptimConfig, process_state, train
 
 
 TASKS = ("t2i", *UNDERSTANDING_TASKS, "tts")
@@ -186,23 +186,29 @@ class LatentLMTask:
 
         Seed 0 walks the scenes from the first; another seed (a later stage) starts elsewhere and
         draws other noise, tasks and caption variants."""
-        n = self.config.data.n_train
         key = step + self.config.train.seed * 1_000_003
         rng = random.Random(key)
         gen = torch.Generator().manual_seed(key)
         icl = self.config.data.icl
         if icl.every and step % icl.every == icl.every - 1:
-            return self._in_context_batch(max(1, batch_size // icl.batch_divisor), rng, gen, rank, world)
+            seqs = self._in_context_sequences(max(1, batch_size // icl.batch_divisor), rng, gen)
+        else:
+            seqs = self._mixture_sequences(step, batch_size, rng, gen)
+        return shard_batch(seqs, rank, world, key, self.model.config.modalities, self.model.config.latent_width,
+                           self.tokenizer.pad_id)
+
+    def _mixture_sequences(self, step: int, batch_size: int, rng: random.Random, gen: torch.Generator):
+        """The step's global batch of sequences, each of a task drawn by the mixture's weights."""
+        n = self.config.data.n_train
         first = self.config.train.seed * 7_919
         idx = torch.tensor([(first + step * batch_size + j) % n for j in range(batch_size)])  # [B]
         mu = self.mu[idx]  # [B, N, D]
         sampled = self.codec.normalize(self.codec.perturb(mu, gen))  # generation targets
         means = self.codec.normalize(mu)  # pictures that are read
         tasks = rng.choices(self.task_names, self.task_weights, k=batch_size)
-        seqs = [self._utterance(first + step * batch_size + j, rng, gen) if task == "tts"
+        return [self._utterance(first + step * batch_size + j, rng, gen) if task == "tts"
                 else self._sequence(task, self.scenes[i], sampled[j], means[j], rng)
                 for j, (i, task) in enumerate(zip(idx.tolist(), tasks))]
-        return collate(shard(seqs, rank, world), self.model.config.latent_width, self.tokenizer.pad_id)
 
     def _utterance(self, k: int, rng: random.Random, gen: torch.Generator):
         """A TTS example of utterance k mod n (its latents drawn afresh: z = mu + sigma * eps)."""
@@ -232,8 +238,7 @@ class LatentLMTask:
         segments = [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
         return segments, task_key(task, example.task)
 
-    def _in_context_batch(self, size: int, rng: random.Random, gen: torch.Generator, rank: int = 0,
-                          world: int = 1) -> Batch:
+    def _in_context_sequences(self, size: int, rng: random.Random, gen: torch.Generator):
         """`size` sequences of k demonstrations and a query, all of one task each (text-to-speech aside)."""
         tok, n, icl = self.tokenizer, self.config.data.n_train, self.config.data.icl
         names = [t for t in self.task_names if t != "tts"]
@@ -248,7 +253,7 @@ class LatentLMTask:
                      for seg in demonstration(key, self.scenes[j], self.codec.normalize(self.mu[j]), tok, rng)]
             head = Text(query[0].ids[1:])  # the query without its <s>
             seqs.append([Text([tok.bos_id]), *demos, head, *query[1:]])
-        return collate(shard(seqs, rank, world), self.model.config.latent_width, tok.pad_id)
+        return seqs
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch)

@@ -40,6 +40,7 @@ from latentlm.evaluation.shifts import SHIFTS, Shift
 from latentlm.evaluation.understanding import (answer_is_right, box_is_right, caption_is_right, ground_items, scenes,
                                                vqa_items)
 from latentlm.grounding import parse_grounded
+from latentlm.understanding import answer_text
 from latentlm.model import LatentLM
 from latentlm.sampling_defaults import DEFAULT_CFG, DEFAULT_STEPS, DEFAULT_TEMPERATURE
 from latentlm.workflows.autoicl import Demo, Prompting
@@ -62,7 +63,7 @@ def items(eval_set: str, shift: Shift, split: str, n: int) -> list[tuple[Query, 
         return [(caption_query(p), lambda out, s=s: caption_is_right(parse_grounded(out).text, s))
                 for p, s in zip(pictures, truth)]
     if eval_set == "vqa":
-        return [(question_query(p, q.prompt), lambda out, q=q: answer_is_right(parse_grounded(out).text, q.answer))
+        return [(question_query(p, q.prompt), lambda out, q=q: answer_is_right(answer_text(out), q.answer))
                 for p, (_, q) in zip(pictures, vqa_items(truth))]
     return [(ground_query(p, phrase), lambda out, o=obj, ph=phrase: box_is_right(ground_prompt(ph) + out, o.box))
             for p, (_, obj, phrase) in zip(pictures, ground_items(truth))]

@@ -64,6 +64,11 @@ def ask(model: LatentLM, pixels: Tensor, questions: list[str]) -> list[str]:
     return [final_answer(a) for a in ask_with_reasons(model, pixels, questions)]
 
 
+def answer_text(raw: str) -> str:
+    """The answer in what a model wrote after a question: no box tags, no stated relation before it."""
+    return final_answer(parse_grounded(raw).text)
+
+
 def ask_with_reasons(model: LatentLM, pixels: Tensor, questions: list[str]) -> list[str]:
     """Answers as written, without box tags: 'the red circle is left of the blue square, so yes'."""
     asked = [_clean(q, "question", "what colour is the circle?") for q in questions]

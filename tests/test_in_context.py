@@ -101,6 +101,7 @@ def test_reasoned_answers_state_the_relation_in_the_questions_order_and_read_bac
     from latentlm.data.shapes import relation
     from latentlm.data.tasks import Example, boxed_answer, final_answer
     from latentlm.grounding import parse_grounded
+    from latentlm.understanding import answer_text
 
     scene = next(s for s in (scene_for("train", i) for i in range(100)) if len(s.objects) == 2)
     a, b = scene.objects
@@ -109,6 +110,7 @@ def test_reasoned_answers_state_the_relation_in_the_questions_order_and_read_bac
     asked = Example("vqa:relation", f"is {ref_b} {truth} {ref_a}?", "yes")
     text = parse_grounded(boxed_answer(scene, asked, reasoned=True)).text
     assert text == f"{ref_b} is {truth} {ref_a}, so yes" and final_answer(text) == "yes"
+    assert answer_text(boxed_answer(scene, asked, reasoned=True)) == "yes"  # as `ask` and the workflows read it
     what = Example("vqa:what_is", f"what is {relation(a, b)} {ref_b}?", f"a {a.colour} {a.shape}")
     text = parse_grounded(boxed_answer(scene, what, reasoned=True)).text
     assert text == f"{ref_a} is {relation(a, b)} {ref_b}, so a {a.colour} {a.shape}"

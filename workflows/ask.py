@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from latentlm.grounding import parse_grounded
-from latentlm.understanding import ask as ask_pictures
+from latentlm.understanding import answer_text, ask as ask_pictures
 from latentlm.vocabulary import question_notes
 from latentlm.workflows.ground import model_pixels
 from latentlm.workflows.icl_tasks import question_query
@@ -33,5 +32,5 @@ class Ask(Workflow):
 
     def run(self, session, image: Image.Image, question: str) -> TextOutputs:
         if session.prompting != "direct":  # the answer without the boxes a boxed answer puts first, as `ask`
-            return TextOutputs(text=parse_grounded(session.in_context(question_query(image, question))).text)
+            return TextOutputs(text=answer_text(session.in_context(question_query(image, question))))
         return TextOutputs(text=ask_pictures(session.model, model_pixels(session.model, image), [question])[0])

@@ -37,6 +37,7 @@ from latentlm.evaluation.scene_parser import check, parse_prompt, size_of
 from latentlm.evaluation.understanding import (answer_is_right, box_is_right, caption_is_right, describes,
                                                grounded_caption_is_right, pixel_box)
 from latentlm.grounding import parse_grounded
+from latentlm.understanding import answer_text
 
 CAPTION, GROUND, DRAW = "grounded_caption", "ground", "t2i"
 UNKNOWN_QUESTION = "vqa"  # a question whose kind `question_kind` cannot tell
@@ -117,8 +118,9 @@ def fits(task: str, scene: Scene) -> bool:
 
 
 def plain_answer(task: str, raw: str) -> str:
-    """A completion as a demonstration's answer: questions without the boxes a boxed answer puts first."""
-    return parse_grounded(raw).text.strip() if task.startswith("vqa:") else raw.strip()
+    """A completion as a demonstration's answer: questions without the boxes (and the relation stated from
+    them) that a boxed answer puts first."""
+    return answer_text(raw) if task.startswith("vqa:") else raw.strip()
 
 
 def agrees(task: str, example: Example, answer: str, scene: Scene) -> bool:

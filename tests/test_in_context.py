@@ -149,3 +149,18 @@ def test_every_reasoned_answer_reads_back_to_the_plain_answer():
         for kind in REASONED_KINDS:
             example = question(scene, kind, random.Random(i))
             assert final_answer(parse_grounded(boxed_answer(scene, example, reasoned=True)).text) == example.answer
+
+
+def test_question_weights_draw_the_kinds_they_weigh_and_are_checked():
+    import random
+    from collections import Counter
+
+    from latentlm.data.tasks import draw_example
+    from latentlm.training.lm import LMDataConfig
+
+    scene = scene_for("train", 0)
+    rng = random.Random(0)
+    kinds = Counter(draw_example(scene, "vqa", rng, {"colour": 6.0, "size": 0.0}).task for _ in range(2000))
+    assert kinds["vqa:size"] == 0 and kinds["vqa:colour"] > 2.5 * kinds["vqa:shape"]
+    with pytest.raises(ValueError, match="unknown question kind"):
+        LMDataConfig(question_weights={"color": 2.0})

@@ -180,8 +180,10 @@ def refer(scene: Scene, rng: random.Random) -> Example:
     return Example("refer", refer_prompt(obj.box), phrase_of(obj, with_size=False))
 
 
-def draw_example(scene: Scene, task: str, rng: random.Random) -> Example:
-    """One example of `task` ("caption", "grounded_caption", "ground", "refer", "vqa") for `scene`."""
+def draw_example(scene: Scene, task: str, rng: random.Random, question_weights: dict[str, float] | None = None,
+                 ) -> Example:
+    """One example of `task` ("caption", "grounded_caption", "ground", "refer", "vqa") for `scene`; a
+    question's kind is drawn uniformly, or by `question_weights` (kind -> weight, 1 where not given)."""
     if task == "caption":
         return caption(scene, rng)
     if task == "grounded_caption":
@@ -191,7 +193,10 @@ def draw_example(scene: Scene, task: str, rng: random.Random) -> Example:
     if task == "refer":
         return refer(scene, rng)
     if task == "vqa":
-        return question(scene, rng.choice(QUESTION_KINDS), rng)
+        if not question_weights:
+            return question(scene, rng.choice(QUESTION_KINDS), rng)
+        weights = [question_weights.get(k, 1.0) for k in QUESTION_KINDS]
+        return question(scene, rng.choices(QUESTION_KINDS, weights)[0], rng)
     raise ValueError(f"unknown understanding task {task!r}: use one of {', '.join(UNDERSTANDING_TASKS)}")
 
 

@@ -30,7 +30,8 @@ from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, frame, shard_batch
 from latentlm.data.shapes import scene_for
-from latentlm.data.tasks import BOXED_KINDS, REASONED_KINDS, UNDERSTANDING_TASKS, boxed_answer, draw_example
+from latentlm.data.tasks import (BOXED_KINDS, QUESTION_KINDS, REASONED_KINDS, UNDERSTANDING_TASKS, boxed_answer,
+                                 draw_example)
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
 from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
@@ -51,6 +52,8 @@ class LMDataConfig(BaseModel):
     boxed_answers: bool = False  # relation and "what is left of ..." answers follow the objects' boxes (tasks.boxed_answer)
     # ... and state what the boxes show before answering; colour answers box their object (needs boxed_answers)
     reasoned_answers: bool = False
+    # Question kind -> weight among questions (1 where not given; uniform when empty), e.g. {colour: 3}
+    question_weights: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("tasks")
     @classmethod
@@ -61,6 +64,16 @@ class LMDataConfig(BaseModel):
         if not tasks or any(w < 0 for w in tasks.values()) or sum(tasks.values()) <= 0:
             raise ValueError("give each task a weight >= 0, with a positive total")
         return tasks
+
+    @field_validator("question_weights")
+    @classmethod
+    def _known_kinds(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(QUESTION_KINDS))
+        if unknown:
+            raise ValueError(f"unknown question kind(s) {unknown}: use some of {list(QUESTION_KINDS)}")
+        if any(w < 0 for w in weights.values()):
+            raise ValueError("give each question kind a weight >= 0")
+        return weights
 
     @model_validator(mode="after")
     def _reasons_follow_boxes(self) -> "LMDataConfig":
@@ -228,7 +241,8 @@ class LatentLMTask:
             drop = rng.random() < self.config.cfg_dropout
             text = [] if drop else tok.encode(caption_variant(scene.caption, rng, self.config.data.size_drop))
             return [Text([tok.bos_id] + text), *frame("image", sampled, tok.token_id), Text([tok.eos_id])], task
-        example = draw_example(scene, task, rng)  # <image> mu </image> prompt answer
+        # <image> mu </image> prompt answer
+        example = draw_example(scene, task, rng, self.config.data.question_weights)
         answer = example.answer
         reasoned = self.config.data.reasoned_answers
         boxed_kinds = REASONED_KINDS if reasoned else BOXED_KINDS

@@ -13,7 +13,6 @@ from latentlm.data.in_context import demonstration as trained_demonstration
 from latentlm.data.rendered import render_scenes
 from latentlm.data.shapes import scene_for
 from latentlm.data.tasks import GROUNDED_CAPTION_PROMPT, question
-from latentlm.errors import PromptError
 from latentlm.generation import generate_images
 from latentlm.in_context_prompting import (Shot, complete_in_context, draw_in_context, sample_caption,
                                            shot_segments)
@@ -98,13 +97,23 @@ def test_session_retrieving_run_traces_n_demonstrations_and_saves_their_pictures
     assert again.steps[0]["icl"]["cache"] == "hit"
 
 
-def test_the_shipped_model_says_it_cannot_read_yet():
-    """The shipped weights draw only (`reads: false` in their config): reading, with or without AutoICL, is a
-    one-line PromptError that says so, not an empty answer. A generating AutoICL run on a shipped model
-    that reads comes with the reading model's weights (issue 18)."""
-    session = Session("shapes-tiny", prompting="autoicl", icl_n=2, steps=4)
-    with pytest.raises(PromptError, match="trained to draw only; it cannot read pictures"):
-        session.ask(scene_for("val", 1).render(), "what colour is the circle?", seed=11)
+@pytest.mark.slow
+def test_the_shipped_model_runs_autoicl_and_repeats_itself_for_a_seed():
+    """A generating AutoICL run on the shipped model: it writes, draws and asks its own demonstrations, its
+    trace holds the N it kept (and those it dropped, with why), and the same seed gives the same answer."""
+    picture = next(s for s in (scene_for("test", i) for i in range(50))
+                   if [o.shape for o in s.objects] == ["circle"]).render()
+
+    def run():
+        return Session("shapes-tiny", prompting="autoicl", icl_n=2, steps=8).ask(picture, "what colour is the circle?",
+                                                                                 seed=11)
+
+    first, again = run(), run()
+    icl = first.steps[0]["icl"]
+    assert icl["mode"] == "generating" and icl["kept"] == 2, icl
+    assert len([d for d in icl["demonstrations"] if d["kept"]]) == 2
+    assert all(d["reason"] for d in icl["demonstrations"] if not d["kept"])
+    assert first.text and first.text == again.text and icl["demonstrations"] == again.steps[0]["icl"]["demonstrations"]
 
 
 def test_session_prompting_is_checked(tiny_model_dir):

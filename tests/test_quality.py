@@ -47,3 +47,29 @@ def test_session_draws_with_the_default_model():
     from latentlm.evaluation.scene_parser import adheres
 
     assert adheres(result.image, "a red circle")
+
+
+# ---- reading (issue 18): the bars on the test split, a fixed set of items (greedy decoding: deterministic) ----
+@pytest.fixture(scope="module")
+def reading(shipped):
+    from latentlm.evaluation.understanding import eval_caption, eval_ground, eval_vqa
+
+    return {"caption": eval_caption(shipped, 200, split="test", progress=False),
+            "vqa": eval_vqa(shipped, 420, split="test", progress=False),
+            "ground": eval_ground(shipped, 200, split="test", progress=False)}
+
+
+def test_captions_meet_the_bars(reading):
+    report = reading["caption"]
+    assert report["n_single"] + report["n_pair"] == 200
+    assert report["single"] >= 0.97 and report["pair"] >= 0.85, report
+
+
+def test_every_question_kind_meets_the_bar(reading):
+    report = reading["vqa"]
+    assert len(report["per_kind"]) == 7 and report["min_kind"] >= 0.90, report
+
+
+def test_grounding_meets_the_bars(reading):
+    report = reading["ground"]
+    assert report["phrase_grounding"] >= 0.90 and report["grounded_caption"] >= 0.85, report

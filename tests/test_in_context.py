@@ -164,3 +164,27 @@ def test_question_weights_draw_the_kinds_they_weigh_and_are_checked():
     assert kinds["vqa:size"] == 0 and kinds["vqa:colour"] > 2.5 * kinds["vqa:shape"]
     with pytest.raises(ValueError, match="unknown question kind"):
         LMDataConfig(question_weights={"color": 2.0})
+
+
+def test_reasoned_kinds_choose_which_questions_reason(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+    from latentlm.training.lm import LMDataConfig
+
+    path = tmp_path / "lm.yaml"
+    path.write_text(f"""
+tokenizer: {tiny_tokenizer_path}
+codec: {tiny_codec_dir}
+backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
+head: {{width: 32, depth: 1}}
+data: {{n_train: 64, tasks: {{vqa: 1.0}}, boxed_answers: true, reasoned_answers: true,
+        reasoned_kinds: [relation, what_is], question_weights: {{colour: 20.0}}}}
+train: {{steps: 1, batch_size: 32, seed: 0}}
+""")
+    task = LatentLMTask(load_yaml_config(path, LMTrainConfig), tmp_path)
+    tok = task.tokenizer
+    batch = task.batch(0, 32)
+    rows = [tok.decode([i for i, lat in zip(r.tolist(), m.tolist()) if not lat and i != tok.pad_id])
+            for r, m in zip(batch.ids, batch.is_latent)]
+    colour = [r for r in rows if "colo" in r.split("</image>")[1]]
+    assert len(colour) > 20 and not any("<object>" in r for r in colour)  # plain colour answers
+    with pytest.raises(ValueError, match="have no reasoned answer"):
+        LMDataConfig(reasoned_kinds=("count",))

@@ -50,8 +50,10 @@ class LMDataConfig(BaseModel):
     speech: TTSDataConfig = TTSDataConfig()  # used by the "tts" task
     icl: ICLConfig = ICLConfig()  # in-context batches: demonstrations before the query (latentlm.data.in_context)
     boxed_answers: bool = False  # relation and "what is left of ..." answers follow the objects' boxes (tasks.boxed_answer)
-    # ... and state what the boxes show before answering; colour answers box their object (needs boxed_answers)
+    # ... and state what the boxes show before answering (needs boxed_answers), for these question kinds
+    # (some of tasks.REASONED_KINDS: colour answers then box and name their object; other kinds answer plainly)
     reasoned_answers: bool = False
+    reasoned_kinds: tuple[str, ...] = REASONED_KINDS
     # Question kind -> weight among questions (1 where not given; uniform when empty), e.g. {colour: 3}
     question_weights: dict[str, float] = Field(default_factory=dict)
 
@@ -74,6 +76,15 @@ class LMDataConfig(BaseModel):
         if any(w < 0 for w in weights.values()):
             raise ValueError("give each question kind a weight >= 0")
         return weights
+
+    @field_validator("reasoned_kinds")
+    @classmethod
+    def _reasoned_kinds(cls, kinds: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(kinds) - set(REASONED_KINDS))
+        if unknown:
+            raise ValueError(f"reasoned_kinds {unknown}: these question kinds have no reasoned answer; use some of "
+                             f"{list(REASONED_KINDS)}")
+        return kinds
 
     @model_validator(mode="after")
     def _reasons_follow_boxes(self) -> "LMDataConfig":
@@ -245,7 +256,7 @@ class LatentLMTask:
         example = draw_example(scene, task, rng, self.config.data.question_weights)
         answer = example.answer
         reasoned = self.config.data.reasoned_answers
-        boxed_kinds = REASONED_KINDS if reasoned else BOXED_KINDS
+        boxed_kinds = self.config.data.reasoned_kinds if reasoned else BOXED_KINDS
         if self.config.data.boxed_answers and example.task.removeprefix("vqa:") in boxed_kinds:
             answer = boxed_answer(scene, example, reasoned=reasoned)
         text = tok.encode(example.prompt) + tok.encode(answer) + [tok.eos_id]

@@ -188,3 +188,21 @@ train: {{steps: 1, batch_size: 32, seed: 0}}
     assert len(colour) > 20 and not any("<object>" in r for r in colour)  # plain colour answers
     with pytest.raises(ValueError, match="have no reasoned answer"):
         LMDataConfig(reasoned_kinds=("count",))
+
+
+def test_grounded_colour_answers_ground_the_questions_words():
+    from latentlm.data.shapes import object_tokens
+    from latentlm.data.tasks import Example, boxed_answer
+    from latentlm.grounding import parse_grounded
+    from latentlm.understanding import answer_text
+
+    scene = next(s for s in (scene_for("train", i) for i in range(300))
+                 if len(s.objects) == 2 and s.objects[0].shape == s.objects[1].shape)
+    a, b = scene.objects
+    side = "on the left" if a.centre[0] < b.centre[0] else "on the right"
+    if abs(a.centre[0] - b.centre[0]) < abs(a.centre[1] - b.centre[1]):
+        side = "at the top" if a.centre[1] < b.centre[1] else "at the bottom"
+    asked = Example("vqa:colour", f"what colour is the {a.shape} {side}?", a.colour)
+    raw = boxed_answer(scene, asked, reasoned=True, colour="grounded")
+    assert raw == f"<phrase> the {a.shape} {side}</phrase>{object_tokens(a.box)}, so {a.colour}"
+    assert answer_text(raw) == a.colour and parse_grounded(raw).entities[0].phrase == f"the {a.shape} {side}"

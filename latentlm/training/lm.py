@@ -13,6 +13,7 @@ read enters as its means mu, as at inference.
 from __future__ import annotations
 
 import random
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -54,6 +55,7 @@ class LMDataConfig(BaseModel):
     # (some of tasks.REASONED_KINDS: colour answers then box and name their object; other kinds answer plainly)
     reasoned_answers: bool = False
     reasoned_kinds: tuple[str, ...] = REASONED_KINDS
+    colour_answer: Literal["box_and_name", "grounded"] = "box_and_name"  # a reasoned colour answer's form
     # Question kind -> weight among questions (1 where not given; uniform when empty), e.g. {colour: 3}
     question_weights: dict[str, float] = Field(default_factory=dict)
 
@@ -258,7 +260,7 @@ class LatentLMTask:
         reasoned = self.config.data.reasoned_answers
         boxed_kinds = self.config.data.reasoned_kinds if reasoned else BOXED_KINDS
         if self.config.data.boxed_answers and example.task.removeprefix("vqa:") in boxed_kinds:
-            answer = boxed_answer(scene, example, reasoned=reasoned)
+            answer = boxed_answer(scene, example, reasoned=reasoned, colour=self.config.data.colour_answer)
         text = tok.encode(example.prompt) + tok.encode(answer) + [tok.eos_id]
         segments = [Text([tok.bos_id]), *frame("image", means, tok.token_id, target=False), Text(text)]
         return segments, task_key(task, example.task)

@@ -206,3 +206,15 @@ def test_grounded_colour_answers_ground_the_questions_words():
     raw = boxed_answer(scene, asked, reasoned=True, colour="grounded")
     assert raw == f"<phrase> the {a.shape} {side}</phrase>{object_tokens(a.box)}, so {a.colour}"
     assert answer_text(raw) == a.colour and parse_grounded(raw).entities[0].phrase == f"the {a.shape} {side}"
+
+
+def test_captioned_colour_answers_write_the_grounded_caption_first():
+    from latentlm.data.tasks import Example, boxed_answer, grounded_caption
+    from latentlm.understanding import answer_text
+
+    scene = next(s for s in (scene_for("train", i) for i in range(300))
+                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    b = scene.objects[1]
+    raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {b.shape}?", b.colour), reasoned=True,
+                       colour="caption")
+    assert raw == grounded_caption(scene).answer + ", so " + b.colour and answer_text(raw) == b.colour

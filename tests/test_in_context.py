@@ -218,3 +218,16 @@ def test_captioned_colour_answers_write_the_grounded_caption_first():
     raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {b.shape}?", b.colour), reasoned=True,
                        colour="caption")
     assert raw == grounded_caption(scene).answer + ", so " + b.colour and answer_text(raw) == b.colour
+
+
+def test_colour_first_keep_moves_colour_questions_to_the_second_object():
+    import random
+
+    from latentlm.data.tasks import _asked_object, draw_example
+
+    scene = next(s for s in (scene_for("train", i) for i in range(300)) if len(s.objects) == 2)
+    rng = random.Random(0)
+    asked = [_asked_object(scene, e)[0] is scene.objects[1] for e in
+             (draw_example(scene, "vqa", rng, {"colour": 1000.0}, colour_first_keep=0.5) for _ in range(600))
+             if e.task == "vqa:colour"]
+    assert len(asked) > 500 and 0.6 < sum(asked) / len(asked) < 0.73  # 2/3 about the second object

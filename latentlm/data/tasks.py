@@ -181,9 +181,19 @@ def refer(scene: Scene, rng: random.Random) -> Example:
 
 
 def draw_example(scene: Scene, task: str, rng: random.Random, question_weights: dict[str, float] | None = None,
-                 ) -> Example:
+                 colour_first_keep: float = 1.0) -> Example:
     """One example of `task` ("caption", "grounded_caption", "ground", "refer", "vqa") for `scene`; a
-    question's kind is drawn uniformly, or by `question_weights` (kind -> weight, 1 where not given)."""
+    question's kind is drawn uniformly, or by `question_weights` (kind -> weight, 1 where not given).
+
+    `colour_first_keep` < 1 keeps a colour question about the first object of a two-object scene (the
+    caption's first) only with that probability, drawing another otherwise: answering with the first
+    object's colour then pays less often (with 1, in 75% of colour questions)."""
+    if task == "vqa" and colour_first_keep < 1:
+        example = draw_example(scene, task, rng, question_weights)
+        while (example.task == "vqa:colour" and len(scene.objects) == 2 and rng.random() >= colour_first_keep
+               and _asked_object(scene, example)[0] is scene.objects[0]):
+            example = question(scene, "colour", rng)
+        return example
     if task == "caption":
         return caption(scene, rng)
     if task == "grounded_caption":

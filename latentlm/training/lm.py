@@ -58,6 +58,8 @@ class LMDataConfig(BaseModel):
     colour_answer: Literal["box_and_name", "grounded", "caption"] = "box_and_name"  # a reasoned colour answer's form
     # Question kind -> weight among questions (1 where not given; uniform when empty), e.g. {colour: 3}
     question_weights: dict[str, float] = Field(default_factory=dict)
+    # < 1: a colour question about a two-object scene's first object is kept with this probability (tasks.draw_example)
+    colour_first_keep: float = Field(1.0, gt=0, le=1)
 
     @field_validator("tasks")
     @classmethod
@@ -255,7 +257,7 @@ class LatentLMTask:
             text = [] if drop else tok.encode(caption_variant(scene.caption, rng, self.config.data.size_drop))
             return [Text([tok.bos_id] + text), *frame("image", sampled, tok.token_id), Text([tok.eos_id])], task
         # <image> mu </image> prompt answer
-        example = draw_example(scene, task, rng, self.config.data.question_weights)
+        example = draw_example(scene, task, rng, self.config.data.question_weights, self.config.data.colour_first_keep)
         answer = example.answer
         reasoned = self.config.data.reasoned_answers
         boxed_kinds = self.config.data.reasoned_kinds if reasoned else BOXED_KINDS

@@ -45,7 +45,6 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5d.yaml -o runs/shapes-tiny-5d
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5e.yaml -o runs/shapes-tiny-5e
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5f.yaml -o runs/shapes-tiny-5f
-	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5g.yaml -o runs/shapes-tiny-5g
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5h.yaml -o runs/shapes-tiny-5h
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae.yaml -o runs/speech-vae
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6.yaml -o runs/shapes-tiny-6

@@ -13,6 +13,7 @@ from latentlm.data.in_context import demonstration as trained_demonstration
 from latentlm.data.rendered import render_scenes
 from latentlm.data.shapes import scene_for
 from latentlm.data.tasks import GROUNDED_CAPTION_PROMPT, question
+from latentlm.errors import PromptError
 from latentlm.generation import generate_images
 from latentlm.in_context_prompting import (Shot, complete_in_context, draw_in_context, sample_caption,
                                            shot_segments)
@@ -100,9 +101,14 @@ def test_session_retrieving_run_traces_n_demonstrations_and_saves_their_pictures
 @pytest.mark.slow
 def test_the_shipped_model_runs_autoicl_and_repeats_itself_for_a_seed():
     """A generating AutoICL run on the shipped model: it writes, draws and asks its own demonstrations, its
-    trace holds the N it kept (and those it dropped, with why), and the same seed gives the same answer."""
+    trace holds the N it kept (and those it dropped, with why), and the same seed gives the same answer.
+    Shipped weights that draw only (`reads: false`) refuse instead, in one line, not with an empty answer."""
     picture = next(s for s in (scene_for("test", i) for i in range(50))
                    if [o.shape for o in s.objects] == ["circle"]).render()
+    if LatentLM.from_pretrained("shapes-tiny").config.reads is False:
+        with pytest.raises(PromptError, match="trained to draw only; it cannot read pictures"):
+            Session("shapes-tiny", prompting="autoicl", icl_n=2, steps=4).ask(picture, "what colour is the circle?")
+        return
 
     def run():
         return Session("shapes-tiny", prompting="autoicl", icl_n=2, steps=8).ask(picture, "what colour is the circle?",

@@ -52,8 +52,14 @@ def test_session_draws_with_the_default_model():
 # ---- reading (issue 18): the bars on the test split, a fixed set of items (greedy decoding: deterministic) ----
 @pytest.fixture(scope="module")
 def reading(shipped):
+    from latentlm.errors import PromptError
     from latentlm.evaluation.understanding import eval_caption, eval_ground, eval_vqa
 
+    if shipped.config.reads is False:  # the shipped weights draw only until a reading stage meets every bar
+        with pytest.raises(PromptError, match="trained to draw only; it cannot read pictures"):
+            eval_caption(shipped, 2, split="test", progress=False)
+        pytest.skip("the shipped weights draw only (config reads: false), and refuse to read in one line (checked); "
+                    "the reading stages' figures are in BENCHMARKS.md ('Reading pictures')")
     return {"caption": eval_caption(shipped, 200, split="test", progress=False),
             "vqa": eval_vqa(shipped, 420, split="test", progress=False),
             "ground": eval_ground(shipped, 200, split="test", progress=False)}

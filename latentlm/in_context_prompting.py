@@ -68,7 +68,10 @@ def complete_in_context(model: LatentLM, pixels: Tensor, prompts: list[str], sho
                         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
     """`<s> demos <image> z </image> prompt` -> the text the model writes after it (greedy), per picture.
 
-    pixels [B, 3, H, W] in [-1, 1]; one prompt and one list of shots (maybe empty) per picture."""
+    pixels [B, 3, H, W] in [-1, 1]; one prompt and one list of shots (maybe empty) per picture. An answer
+    ends at `</s>` or where another demonstration would begin (`<image>`): after a few demonstrations the
+    model may go on to write one more (measured on the stage-5h model: AutoICL captions 29% right, each
+    with a made-up demonstration after the caption, against 99% direct)."""
     if not pixels.shape[0] == len(prompts) == len(shots):
         raise ValueError(f"{pixels.shape[0]} pictures, {len(prompts)} prompts and {len(shots)} shot lists; "
                          "give one of each per picture")
@@ -78,7 +81,8 @@ def complete_in_context(model: LatentLM, pixels: Tensor, prompts: list[str], sho
         [Text([tok.bos_id]), *context(model, s, drawing=False), *frame("image", z[i], tok.token_id, target=False),
          Text(tok.encode(p))]
         for i, (p, s) in enumerate(zip(prompts, shots))]
-    return [tok.decode(ids).strip() for ids in generate_text(model, prefixes, max_new_tokens)]
+    ids = generate_text(model, prefixes, max_new_tokens, stop=(tok.token_id("<image>"),))
+    return [tok.decode(row).strip() for row in ids]
 
 
 def draw_in_context(model: LatentLM, prompts: list[str], shots: list[list[Shot]], steps: int = DEFAULT_STEPS,

@@ -18,19 +18,22 @@ DEFAULT_MAX_NEW_TOKENS = 64
 
 
 @torch.no_grad()
-def generate_text(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[list[int]]:
-    """Continue each prefix greedily until `</s>`: -> the new ids of each row (without `</s>`).
+def generate_text(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                  stop: tuple[int, ...] = ()) -> list[list[int]]:
+    """Continue each prefix greedily until `</s>` or a `stop` id: -> the new ids of each row (without it).
 
     Small batches run with one intra-op thread (a caption took 1.5 s with two threads and 0.02 s with
     one on a 2-core machine: BENCHMARKS.md "Generation speed")."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: allow at least one new token")
     with tiny_op_threads(len(prefixes), ONE_THREAD_PICTURES):
-        return _greedy(model, prefixes, max_new_tokens)
+        return _greedy(model, prefixes, max_new_tokens, stop)
 
 
-def _greedy(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int) -> list[list[int]]:
+def _greedy(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int, stop: tuple[int, ...] = ()
+            ) -> list[list[int]]:
     tok = model.tokenizer
+    ends = torch.tensor([tok.eos_id, *stop])
     batch = collate(prefixes, model.config.latent_width, tok.pad_id)
     h, state = model(batch)  # [B, T, d]
     b = len(prefixes)
@@ -38,10 +41,11 @@ def _greedy(model: LatentLM, prefixes: list[Sequence], max_new_tokens: int) -> l
     done = torch.zeros(b, dtype=torch.bool)
     for _ in range(max_new_tokens):
         nxt = model.lm_head(h[:, -1]).argmax(-1)  # [B]
+        ended = torch.isin(nxt, ends)  # [B]
         for i in range(b):
-            if not done[i] and nxt[i].item() != tok.eos_id:
+            if not done[i] and not ended[i]:
                 out[i].append(nxt[i].item())
-        done |= nxt == tok.eos_id
+        done |= ended
         if done.all():
             break
         h, state = model.backbone(_embed_tokens(model, nxt), state)

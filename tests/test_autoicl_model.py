@@ -1,6 +1,7 @@
 """In-context prompting on real models: the trained format, the Session, the CLI and workflow files."""
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -203,3 +204,34 @@ def test_workflow_file_runs_in_context_and_writes_the_demonstrations(tiny_model_
     names = [d["picture"] for d in step["icl"]["demonstrations"]]
     assert names and all(n.startswith("icl/look_") and n in outcome.manifest["files"] for n in names)
     assert all((tmp_path / "out" / n).is_file() for n in names)
+
+
+def test_an_in_context_answer_ends_where_another_demonstration_would_begin(model):
+    from latentlm.text_generation import generate_text
+
+    tok = model.tokenizer
+    z = read_images(model, render_scenes([scene_for("val", 1)]))[0]
+    prefix = [Text([tok.bos_id]), *frame_of(model, z), Text(tok.encode(GROUNDED_CAPTION_PROMPT))]
+    model = copy.deepcopy(model)  # one that never ends by itself (the tiny model may end at once)
+    never_eos = torch.zeros(model.lm_head.out_features)
+    never_eos[tok.eos_id] = -1e4
+    model.lm_head = torch.nn.Sequential(model.lm_head, Shift(never_eos))
+    free = generate_text(model, [prefix], 8)[0]
+    assert len(free) == 8
+    assert generate_text(model, [prefix], 8, stop=(free[0],))[0] == []  # the stop id ends the row, unwritten
+    assert generate_text(model, [prefix], 8, stop=(free[3],))[0] == free[:free.index(free[3])]
+
+
+class Shift(torch.nn.Module):
+    def __init__(self, by: torch.Tensor) -> None:
+        super().__init__()
+        self.by = by
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.by
+
+
+def frame_of(model, z):
+    from latentlm.sequence import frame
+
+    return frame("image", z, model.tokenizer.token_id, target=False)

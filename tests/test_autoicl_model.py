@@ -19,7 +19,7 @@ from latentlm.generation import generate_images
 from latentlm.in_context_prompting import (Shot, complete_in_context, draw_in_context, sample_caption,
                                            shot_segments)
 from latentlm.model import LatentLM
-from latentlm.sequence import Latent, Text
+from latentlm.sequence import Latent, Text, frame
 from latentlm.understanding import complete, read_images
 from latentlm.workflows.session import Session
 from latentlm.workflows.workflow_file import parse_workflow
@@ -211,7 +211,8 @@ def test_an_in_context_answer_ends_where_another_demonstration_would_begin(model
 
     tok = model.tokenizer
     z = read_images(model, render_scenes([scene_for("val", 1)]))[0]
-    prefix = [Text([tok.bos_id]), *frame_of(model, z), Text(tok.encode(GROUNDED_CAPTION_PROMPT))]
+    prefix = [Text([tok.bos_id]), *frame("image", z, tok.token_id, target=False),
+              Text(tok.encode(GROUNDED_CAPTION_PROMPT))]
     model = copy.deepcopy(model)  # one that never ends by itself (the tiny model may end at once)
     never_eos = torch.zeros(model.lm_head.out_features)
     never_eos[tok.eos_id] = -1e4
@@ -220,6 +221,15 @@ def test_an_in_context_answer_ends_where_another_demonstration_would_begin(model
     assert len(free) == 8
     assert generate_text(model, [prefix], 8, stop=(free[0],))[0] == []  # the stop id ends the row, unwritten
     assert generate_text(model, [prefix], 8, stop=(free[3],))[0] == free[:free.index(free[3])]
+
+
+class Shift(torch.nn.Module):
+    def __init__(self, by: torch.Tensor) -> None:
+        super().__init__()
+        self.by = by
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.by
 
 
 class Shift(torch.nn.Module):

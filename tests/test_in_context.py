@@ -78,20 +78,25 @@ def test_boxed_answers_box_the_named_objects_first_and_read_back_plain():
     assert parse_grounded(boxed).text == "no"
 
 
-def test_training_writes_boxed_answers_for_spatial_questions_only(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+def question_rows(tmp_path, tokenizer, codec, data: str) -> list[str]:
+    """The text of step 0's 32 sequences of a tiny questions-only task with `data` fields added."""
     path = tmp_path / "lm.yaml"
     path.write_text(f"""
-tokenizer: {tiny_tokenizer_path}
-codec: {tiny_codec_dir}
+tokenizer: {tokenizer}
+codec: {codec}
 backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
 head: {{width: 32, depth: 1}}
-data: {{n_train: 64, tasks: {{vqa: 1.0}}, boxed_answers: true}}
+data: {{n_train: 64, tasks: {{vqa: 1.0}}, {data}}}
 train: {{steps: 1, batch_size: 32, seed: 0}}
 """)
     task = LatentLMTask(load_yaml_config(path, LMTrainConfig), tmp_path)
-    tok = task.tokenizer
-    rows = [tok.decode([i for i, lat in zip(r.tolist(), m.tolist()) if not lat and i != tok.pad_id])
-            for r, m in zip(task.batch(0, 32).ids, task.batch(0, 32).is_latent)]
+    tok, batch = task.tokenizer, task.batch(0, 32)
+    return [tok.decode([i for i, lat in zip(r.tolist(), m.tolist()) if not lat and i != tok.pad_id])
+            for r, m in zip(batch.ids, batch.is_latent)]
+
+
+def test_training_writes_boxed_answers_for_spatial_questions_only(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+    rows = question_rows(tmp_path, tiny_tokenizer_path, tiny_codec_dir, "boxed_answers: true")
     boxed = [r for r in rows if "<object>" in r]
     assert boxed and all(r.split("</image>")[1].lstrip().startswith(("is ", "what is", "do you see")) for r in boxed)
     assert any("how many" in r for r in rows) and not any("how many" in r for r in boxed)
@@ -169,21 +174,8 @@ def test_question_weights_draw_the_kinds_they_weigh_and_are_checked():
 def test_reasoned_kinds_choose_which_questions_reason(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
     from latentlm.training.lm import LMDataConfig
 
-    path = tmp_path / "lm.yaml"
-    path.write_text(f"""
-tokenizer: {tiny_tokenizer_path}
-codec: {tiny_codec_dir}
-backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
-head: {{width: 32, depth: 1}}
-data: {{n_train: 64, tasks: {{vqa: 1.0}}, boxed_answers: true, reasoned_answers: true,
-        reasoned_kinds: [relation, what_is], question_weights: {{colour: 20.0}}}}
-train: {{steps: 1, batch_size: 32, seed: 0}}
-""")
-    task = LatentLMTask(load_yaml_config(path, LMTrainConfig), tmp_path)
-    tok = task.tokenizer
-    batch = task.batch(0, 32)
-    rows = [tok.decode([i for i, lat in zip(r.tolist(), m.tolist()) if not lat and i != tok.pad_id])
-            for r, m in zip(batch.ids, batch.is_latent)]
+    rows = question_rows(tmp_path, tiny_tokenizer_path, tiny_codec_dir, "boxed_answers: true, reasoned_answers: true, "
+                         "reasoned_kinds: [relation, what_is], question_weights: {colour: 20.0}")
     colour = [r for r in rows if "colo" in r.split("</image>")[1]]
     assert len(colour) > 20 and not any("<object>" in r for r in colour)  # plain colour answers
     with pytest.raises(ValueError, match="have no reasoned answer"):

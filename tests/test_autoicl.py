@@ -293,10 +293,10 @@ def test_shifted_pictures():
     import numpy as np
 
     from latentlm.evaluation.scene_parser import parse_scene
-    from latentlm.evaluation.shifts import SHIFTS, shrink
+    from latentlm.evaluation.shifts import SHIFTS, smaller
 
     scene = scene_for("val", 6)
-    small = shrink(scene)
+    small = smaller(scene)
     for a, b in zip(scene.objects, small.objects):
         side, new = a.box[2] - a.box[0], b.box[2] - b.box[0]
         assert new == round(0.8 * side) and abs(sum(a.centre) - sum(b.centre)) <= 1

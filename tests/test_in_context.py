@@ -63,6 +63,28 @@ def test_a_demonstration_solves_the_same_task_on_another_scene(tiny_tokenizer_pa
 def test_icl_config_is_checked():
     with pytest.raises(ValueError, match="demos"):
         ICLConfig(demos=(0, 2))
+    with pytest.raises(ValueError, match="shrink_range"):
+        ICLConfig(shrink=0.5, shrink_range=(0.9, 0.7))
+
+
+def test_shrunk_in_context_sequences_share_one_scale_and_keep_the_size_words(task):
+    from latentlm.data.rendered import render_scenes
+    from latentlm.data.shapes import shrink
+
+    picks = [3, 7, 11]
+    scenes, mu = task._pictures(picks, random.Random(0))  # data.icl.shrink is 0: the cached means
+    assert scenes == [task.scenes[j] for j in picks] and torch.equal(mu, task.mu[picks])
+    task.config.data.icl.shrink, task.config.data.icl.shrink_range = 1.0, (0.5, 0.5)
+    try:
+        scenes, mu = task._pictures(picks, random.Random(0))
+    finally:
+        task.config.data.icl.shrink = 0.0
+    for small, whole in zip(scenes, (task.scenes[j] for j in picks)):
+        for a, b in zip(small.objects, whole.objects):
+            assert a.size == b.size and a.box[2] - a.box[0] == round(0.5 * (b.box[2] - b.box[0]))
+    assert scenes == [shrink(task.scenes[j], 0.5) for j in picks]
+    with torch.no_grad():
+        assert torch.allclose(mu, task.codec.encode(render_scenes(scenes)))
 
 
 def test_boxed_answers_box_the_named_objects_first_and_read_back_plain():
@@ -210,6 +232,19 @@ def test_captioned_colour_answers_write_the_grounded_caption_first():
     raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {b.shape}?", b.colour), reasoned=True,
                        colour="caption")
     assert raw == grounded_caption(scene).answer + ", so " + b.colour and answer_text(raw) == b.colour
+
+
+def test_stated_colour_answers_name_the_object_asked_about_after_the_caption():
+    from latentlm.data.tasks import Example, boxed_answer, grounded_caption
+    from latentlm.understanding import answer_text
+
+    scene = next(s for s in (scene_for("train", i) for i in range(300))
+                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    b = scene.objects[1]
+    raw = boxed_answer(scene, Example("vqa:colour", f"which color is the {b.shape}?", b.colour), reasoned=True,
+                       colour="caption_stated")
+    assert raw == f"{grounded_caption(scene).answer}, the {b.shape} is {b.colour}, so {b.colour}"
+    assert answer_text(raw) == b.colour
 
 
 def test_colour_first_keep_moves_colour_questions_to_the_second_object():

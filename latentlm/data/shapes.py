@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -150,6 +150,18 @@ def render(objects: tuple[ShapeObject, ...] | list[ShapeObject]) -> Image.Image:
     for obj in objects:
         draw_object(draw, obj)
     return image
+
+
+def shrink(scene: Scene, factor: float) -> Scene:
+    """The scene with each object's square box scaled by `factor` about its centre (whole pixels). Sizes
+    keep their words: a shrunk large object is still "large", as in a picture taken from further away."""
+    objects = []
+    for obj in scene.objects:
+        x0, y0, x1, y1 = obj.box
+        side = max(1, round((x1 - x0) * factor))
+        left, top = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
+        objects.append(replace(obj, box=(left, top, left + side, top + side)))
+    return Scene(scene.seed, tuple(objects))
 
 
 def boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = MIN_GAP) -> bool:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from latentlm.data.shapes import Scene
+from latentlm.data.shapes import Scene, shrink
 from latentlm.evaluation.plain_renderer import draw_plain
 from latentlm.images import to_tensor
 
@@ -34,15 +34,9 @@ JPEG_QUALITY = 30
 SMALLER = 0.8
 
 
-def shrink(scene: Scene, factor: float = SMALLER) -> Scene:
-    """The scene with each object's square box scaled by `factor` about its centre (whole pixels)."""
-    objects = []
-    for obj in scene.objects:
-        x0, y0, x1, y1 = obj.box
-        side = max(1, round((x1 - x0) * factor))
-        left, top = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
-        objects.append(replace(obj, box=(left, top, left + side, top + side)))
-    return Scene(scene.seed, tuple(objects))
+def smaller(scene: Scene) -> Scene:
+    """The `smaller` shift's scene: every object's box scaled by SMALLER about its centre."""
+    return shrink(scene, SMALLER)
 
 
 def colour_shifted(picture: Image.Image, seed: int, amount: int = COLOUR_SHIFT) -> Image.Image:
@@ -84,5 +78,5 @@ SHIFTS: dict[str, Shift] = {s.name: s for s in (
     Shift("plain", _same, draw_plain),
     Shift("colour", _same, lambda s: colour_shifted(s.render(), s.seed)),
     Shift("jpeg30", _same, lambda s: jpeg(s.render())),
-    Shift("smaller", shrink, Scene.render),
+    Shift("smaller", smaller, Scene.render),
 )}

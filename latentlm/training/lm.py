@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 
 from latentlm.backbones import BackboneConfig, with_kind
 from latentlm.checkpoint import load_codec, load_weights, read_config
-from latentlm.data.rendered import shapes_images
+from latentlm.data.rendered import render_scenes, shapes_images
 from latentlm.config_io import load_yaml_config
 from latentlm.diffusion_head import DiffusionHeadConfig
 from latentlm.errors import ConfigError
 from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, frame, shard_batch
-from latentlm.data.shapes import scene_for
+from latentlm.data.shapes import scene_for, shrink
 from latentlm.data.tasks import (BOXED_KINDS, QUESTION_KINDS, REASONED_KINDS, UNDERSTANDING_TASKS, boxed_answer,
                                  draw_example)
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
@@ -275,14 +275,25 @@ class LatentLMTask:
         seqs = []
         for task in rng.choices(names, weights, k=size):
             picks = rng.sample(range(n), rng.randint(*icl.demos) + 1)  # the query's scene last
-            i = picks[-1]
-            sampled = self.codec.normalize(self.codec.perturb(self.mu[i][None], gen))[0]
-            query, key = self._query(task, self.scenes[i], sampled, self.codec.normalize(self.mu[i]), rng)
-            demos = [seg for j in picks[:-1]
-                     for seg in demonstration(key, self.scenes[j], self.codec.normalize(self.mu[j]), tok, rng)]
+            scenes, mu = self._pictures(picks, rng)  # [k + 1], [k + 1, N, D]
+            sampled = self.codec.normalize(self.codec.perturb(mu[-1:], gen))[0]
+            query, key = self._query(task, scenes[-1], sampled, self.codec.normalize(mu[-1]), rng)
+            demos = [seg for scene, m in zip(scenes[:-1], mu[:-1])
+                     for seg in demonstration(key, scene, self.codec.normalize(m), tok, rng)]
             head = Text(query[0].ids[1:])  # the query without its <s>
             seqs.append([Text([tok.bos_id]), *demos, head, *query[1:]])
         return seqs
+
+    def _pictures(self, picks: list[int], rng: random.Random) -> tuple[list, Tensor]:
+        """The scenes of one in-context sequence and their latent means [k, N, D]: the cached ones, or, for
+        a share `data.icl.shrink` of sequences, all shrunk by one drawn factor and encoded afresh."""
+        icl = self.config.data.icl
+        if icl.shrink and rng.random() < icl.shrink:
+            factor = rng.uniform(*icl.shrink_range)
+            scenes = [shrink(self.scenes[j], factor) for j in picks]
+            with torch.no_grad():
+                return scenes, self.codec.encode(render_scenes(scenes))
+        return [self.scenes[j] for j in picks], self.mu[picks]
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch)

@@ -247,6 +247,21 @@ def test_stated_colour_answers_name_the_object_asked_about_after_the_caption():
     assert answer_text(raw) == b.colour
 
 
+def test_asked_first_colour_answers_begin_the_caption_from_the_object_asked_about():
+    from latentlm.data.shapes import grounding_of
+    from latentlm.data.tasks import Example, boxed_answer
+    from latentlm.understanding import answer_text
+
+    scene = next(s for s in (scene_for("train", i) for i in range(300))
+                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    a, b = scene.objects
+    for asked, other in ((a, b), (b, a)):
+        raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {asked.shape}?", asked.colour),
+                           reasoned=True, colour="caption_asked_first")
+        assert raw == grounding_of((asked, other)).removeprefix("<grounding>") + ", so " + asked.colour
+        assert raw.startswith(f"<phrase> a {asked.colour} {asked.shape}</phrase>") and answer_text(raw) == asked.colour
+
+
 def test_colour_first_keep_moves_colour_questions_to_the_second_object():
     import random
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from latentlm.data.shapes import PALETTE, SHAPES, Scene, ShapeObject, object_tokens, phrase_of, relation
+from latentlm.data.shapes import (PALETTE, SHAPES, Scene, ShapeObject, grounding_of, object_tokens, phrase_of,
+                                   relation)
 
 CAPTION_PROMPTS = ("describe the picture.", "describe this picture.", "what is in the picture?",
                    "caption this picture.", "what do you see?")
@@ -237,8 +238,11 @@ def boxed_answer(scene: Scene, example: Example, reasoned: bool = False, colour:
     A reasoned colour answer (`colour`): "box_and_name" boxes and names the object asked about, "grounded"
     grounds the question's own words for it, Kosmos-2 style, before the colour (`_grounded_colour`),
     "caption" writes the scene's grounded caption first (`_captioned_colour`), "caption_stated" then also
-    states the colour of the object asked about in the question's words (`_stated_colour`)."""
+    states the colour of the object asked about in the question's words (`_stated_colour`),
+    "caption_asked_first" writes it from the object asked about (`_asked_first_colour`)."""
     if reasoned and example.task == "vqa:colour":
+        if colour == "caption_asked_first":
+            return _asked_first_colour(scene, example)
         if colour == "caption_stated":
             return _stated_colour(scene, example)
         if colour == "caption":
@@ -270,6 +274,19 @@ def _captioned_colour(scene: Scene, example: Example) -> str:
     is then looked up in its own words, and a side ("the circle on the left") in its boxes."""
     _asked_object(scene, example)  # the question names one object of the scene
     return f"{grounded_caption(scene).answer}{REASON_SEP}{example.answer}"
+
+
+def _asked_first_colour(scene: Scene, example: Example) -> str:
+    """'<phrase> a green circle</phrase><object>..</object> right of<phrase> a red triangle</phrase>..., so
+    green' for "what colour is the circle?": the grounded caption begun from the object asked about, then
+    its colour, always that of the caption's first object. Why: a scene's two objects come in no order a
+    picture shows, so the canonical caption's order is a coin flip to the model; after it (`_captioned_colour`,
+    `_stated_colour`) the stage-5i model answered with the colour of the object at the position the
+    question was most often about in training, and began its own caption from the object asked about
+    in about 2 of 3 misses (val). Here position and question agree by construction."""
+    obj, _ = _asked_object(scene, example)
+    ordered = (obj, *(o for o in scene.objects if o is not obj))
+    return f"{grounding_of(ordered).removeprefix('<grounding>')}{REASON_SEP}{example.answer}"
 
 
 def _stated_colour(scene: Scene, example: Example) -> str:

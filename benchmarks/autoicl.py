@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 from report import machine, table
 
-from latentlm.data.shapes import Scene, scene_for
+from latentlm.data.shapes import Scene, scene_for, scene_rng
 from latentlm.data.tasks import QUESTION_KINDS, ground_prompt
 from latentlm.evaluation.shifts import SHIFTS, Shift
 from latentlm.evaluation.understanding import (answer_is_right, box_is_right, caption_is_right, ground_items, scenes,
@@ -85,7 +84,7 @@ def gold_demos(eval_set: str, shift: Shift, n: int) -> list[Demo]:
             if fits(task, scene):
                 picked.append(scene)
         for scene in picked:
-            example = example_for(task, scene, random.Random(scene.seed))
+            example = example_for(task, scene, scene_rng(scene.seed, "gold"))
             demos.append(Demo(shift.draw(scene), example.prompt, example.answer, task=task, truth=example.answer))
     return demos
 

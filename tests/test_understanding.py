@@ -73,6 +73,20 @@ def test_colour_questions_name_a_unique_object():
     assert seen_side
 
 
+def test_eval_items_ask_about_either_object_of_a_two_object_scene():
+    """The items' random stream is not the scene's own: Random(seed) replayed it, and every two-object
+    item asked about the second object (the object count and the asked object were the same draw)."""
+    from latentlm.data.tasks import _asked_object
+    from latentlm.evaluation.understanding import ground_items, scenes, vqa_items
+
+    pairs = [s for s in scenes("val", 280) if len(s.objects) == 2]
+    asked = [_asked_object(s, e)[0] is s.objects[1] for s, e in vqa_items(pairs) if e.task == "vqa:colour"]
+    grounded = [o is s.objects[1] for s, o, _ in ground_items(pairs)]
+    for second in (asked, grounded):
+        assert 0.25 < sum(second) / len(second) < 0.75
+    assert vqa_items(pairs) == vqa_items(pairs)  # still a pure function of the scenes
+
+
 def test_every_task_is_drawn_deterministically():
     scene = scene_for("train", 7)
     for task in UNDERSTANDING_TASKS:

@@ -194,6 +194,13 @@ def sample_scene(seed: int, n_objects: int | None = None) -> Scene:
             return Scene(seed, tuple(objects))
 
 
+def scene_rng(seed: int, purpose: str) -> random.Random:
+    """A random stream for `purpose` ("question", "ground", ...) about the scene of `seed`, independent of
+    the stream that drew the scene. `random.Random(seed)` would replay that stream: its first choice is the
+    object count, so a question drawn from it asked about the second object of every two-object scene."""
+    return random.Random(f"{purpose}:{seed}")
+
+
 def scene_for(split: str, index: int) -> Scene:
     return sample_scene(split_seed(split, index))
 

@@ -16,7 +16,6 @@ Everything is a pure function of the scene, so every run sees the same pictures.
 from __future__ import annotations
 
 import io
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from latentlm.data.shapes import Scene, shrink
+from latentlm.data.shapes import Scene, scene_rng, shrink
 from latentlm.evaluation.plain_renderer import draw_plain
 from latentlm.images import to_tensor
 
@@ -40,8 +39,8 @@ def smaller(scene: Scene) -> Scene:
 
 
 def colour_shifted(picture: Image.Image, seed: int, amount: int = COLOUR_SHIFT) -> Image.Image:
-    """Each RGB channel moved by +amount or -amount (signs drawn from `seed`), clipped."""
-    signs = np.array(random.Random(seed).choices((-1, 1), k=3))  # [3]
+    """Each RGB channel moved by +amount or -amount (signs drawn for the scene of `seed`), clipped."""
+    signs = np.array(scene_rng(seed, "colour shift").choices((-1, 1), k=3))  # [3]
     a = np.asarray(picture.convert("RGB"), dtype=np.int16) + signs * amount  # [H, W, 3]
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
 

@@ -5,7 +5,6 @@ training. Each item is a pure function of (split, index), so every run scores th
 """
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -13,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentlm.data.rendered import render_scenes
-from latentlm.data.shapes import CANVAS, Scene, ShapeObject, relation, scene_for
+from latentlm.data.shapes import CANVAS, Scene, ShapeObject, relation, scene_for, scene_rng
 from latentlm.data.tasks import QUESTION_KINDS, Example, grounding_phrases, question
 from latentlm.evaluation.scene_parser import Prompt, parse_prompt
 from latentlm.grounding import parse_grounded
@@ -126,7 +125,7 @@ def eval_ground(model: LatentLM, n: int = 200, split: str = "test", batch_size: 
 
 def vqa_items(items: list[Scene]) -> list[tuple[Scene, Example]]:
     """The question set: scene i with a question of kind i mod 7 (the kinds take turns)."""
-    return [(s, question(s, QUESTION_KINDS[i % len(QUESTION_KINDS)], random.Random(s.seed)))
+    return [(s, question(s, QUESTION_KINDS[i % len(QUESTION_KINDS)], scene_rng(s.seed, "question")))
             for i, s in enumerate(items)]
 
 
@@ -134,7 +133,7 @@ def ground_items(items: list[Scene]) -> list[tuple[Scene, ShapeObject, str]]:
     """The phrase-grounding set: (scene, the object to find, a phrase naming it alone)."""
     out = []
     for s in items:
-        rng = random.Random(s.seed)
+        rng = scene_rng(s.seed, "ground")
         obj = rng.choice(s.objects)
         out.append((s, obj, rng.choice(grounding_phrases(s, obj))))
     return out

@@ -262,6 +262,21 @@ def test_asked_first_colour_answers_begin_the_caption_from_the_object_asked_abou
         assert raw.startswith(f"<phrase> a {asked.colour} {asked.shape}</phrase>") and answer_text(raw) == asked.colour
 
 
+def test_checked_colour_answers_check_the_captions_first_colour_on_the_object_asked_about():
+    from latentlm.data.tasks import Example, boxed_answer, grounded_caption
+    from latentlm.understanding import answer_text
+
+    scene = next(s for s in (scene_for("train", i) for i in range(300))
+                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    a, b = scene.objects
+    caption = grounded_caption(scene).answer
+    for asked, verdict in ((a, "yes"), (b, "no")):
+        raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {asked.shape}?", asked.colour),
+                           reasoned=True, colour="caption_checked")
+        assert raw == f"{caption}, is there a {a.colour} {asked.shape}? {verdict}, so {asked.colour}"
+        assert answer_text(raw) == asked.colour
+
+
 def test_colour_first_keep_moves_colour_questions_to_the_second_object():
     import random
 

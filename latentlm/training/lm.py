@@ -56,8 +56,8 @@ class LMDataConfig(BaseModel):
     reasoned_answers: bool = False
     reasoned_kinds: tuple[str, ...] = REASONED_KINDS
     # a reasoned colour answer's form (data.tasks.boxed_answer)
-    colour_answer: Literal["box_and_name", "grounded", "caption", "caption_stated", "caption_asked_first"] = (
-        "box_and_name")
+    colour_answer: Literal["box_and_name", "grounded", "caption", "caption_stated", "caption_asked_first",
+                           "caption_checked"] = "box_and_name"
     # Question kind -> weight among questions (1 where not given; uniform when empty), e.g. {colour: 3}
     question_weights: dict[str, float] = Field(default_factory=dict)
     # < 1: a colour question about a two-object scene's first object is kept with this probability (tasks.draw_example)

@@ -31,7 +31,8 @@ test-fast: $(STAMP)
 ## Each training step can be continued after an interruption: rerun it with --resume.
 ## Stages 1-2 draw; stage 3 adds reading pictures (captions, questions, grounding), stage 4 more of it,
 ## stage 5 boxed answers and in-context batches, stages 5b-5i reasoned spatial and colour answers (5j and 5k,
-## branches from 5i, are measured experiments: BENCHMARKS.md); the speech sigma-VAE and stage 6 add text-to-speech.
+## branches from 5i, are measured experiments: BENCHMARKS.md), stage 5l grows the backbone to 6 blocks;
+## the speech sigma-VAE and stage 6 add text-to-speech.
 ## The shipped weights are stage 2's until a later stage meets every bar (BENCHMARKS.md).
 shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train-tokenizer -o runs/shapes-tiny/tokenizer.model
@@ -48,6 +49,7 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5f.yaml -o runs/shapes-tiny-5f
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5h.yaml -o runs/shapes-tiny-5h
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5i.yaml -o runs/shapes-tiny-5i
+	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5l.yaml -o runs/shapes-tiny-5l
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae.yaml -o runs/speech-vae
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6.yaml -o runs/shapes-tiny-6
 	$(BIN)/latentlm export runs/shapes-tiny-6/final -o latentlm/pretrained/shapes-tiny

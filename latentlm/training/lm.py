@@ -36,6 +36,7 @@ from latentlm.data.tasks import (BOXED_KINDS, QUESTION_KINDS, REASONED_KINDS, UN
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
 from latentlm.data.tts import TTSDataConfig, encode_corpus, tts_sequence
 from latentlm.tokenizer import TextTokenizer
+from latentlm.training.grow_depth import grow_blocks
 from latentlm.training.launch import launch
 from latentlm.training.trainer import OptimConfig, process_state, train
 
@@ -111,6 +112,15 @@ class LMTrainConfig(BaseModel):
     train: OptimConfig = OptimConfig()
     # A saved LatentLM (e.g. runs/x/final) whose weights start this run: a second, fine-tuning stage.
     init_from: str | None = None
+    # Blocks of the init_from model each followed by a zero-output copy of itself (training.grow_depth):
+    # the run's backbone.n_layers is then the saved one's plus as many.
+    init_grow: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _grow_needs_a_model(self) -> "LMTrainConfig":
+        if self.init_grow and not self.init_from:
+            raise ValueError("init_grow grows the init_from model: set init_from, or drop init_grow")
+        return self
 
     @model_validator(mode="after")
     def _speech_needs_a_codec(self) -> "LMTrainConfig":
@@ -184,6 +194,11 @@ class LatentLMTask:
         if not new_speech:
             arch.add("audio_latent_dim")
         ours, theirs = model_config.model_dump(include=arch), saved.model_dump(include=arch)
+        grow = self.config.init_grow
+        if grow:
+            theirs["backbone"]["n_layers"] += len(grow)
+            if new_speech or saved.vocab_size != model_config.vocab_size:
+                raise ConfigError("init_grow: grow a model in a stage that keeps its vocabulary and adds no speech")
         diff = sorted(k for k in arch if ours[k] != theirs[k])
         if saved.vocab_size > model_config.vocab_size:
             diff.append("vocab_size")
@@ -194,8 +209,21 @@ class LatentLMTask:
             )
         if saved.reads:  # a stage without reading tasks starts from a model that reads: it still does
             self.model.config.reads = True
+        if grow:
+            self._load_grown(directory, grow)
+            return
         load_weights(self.model, directory, exclude=("codecs.",), grow_rows=("embed.weight", "lm_head.weight"),
                      new_parts=("audio_in.", "audio_diffusion.") if new_speech else ())
+
+    def _load_grown(self, directory: Path, after: list[int]) -> None:
+        """The saved model's weights with zero-output copies of blocks `after` inserted (grow_depth)."""
+        source = LatentLM.from_pretrained(directory)
+        grow_blocks(source.backbone, after)
+        state = {k: v for k, v in source.state_dict().items() if not k.startswith("codecs.")}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("codecs.")]
+        if missing or unexpected:  # the arch check above makes this a bug, not a user error
+            raise RuntimeError(f"grown weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
     def _cached_means(self, path: Path) -> Tensor:
         n = self.config.data.n_train

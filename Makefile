@@ -30,8 +30,8 @@ test-fast: $(STAMP)
 ## Retrain the shapes-tiny model from scratch with our own commands (about 12 h on 2 CPU cores).
 ## Each training step can be continued after an interruption: rerun it with --resume.
 ## Stages 1-2 draw; stage 3 adds reading pictures (captions, questions, grounding), stage 4 more of it,
-## stage 5 boxed answers and in-context batches, stages 5b-5i reasoned spatial and colour answers (5j and 5k,
-## branches from 5i, are measured experiments: BENCHMARKS.md), stage 5l grows the backbone to 6 blocks;
+## stage 5 boxed answers and in-context batches, stages 5b-5i reasoned spatial and colour answers (5j, 5k and 5m,
+## branches, are measured experiments: BENCHMARKS.md), stage 5l grows the backbone to 6 blocks;
 ## the speech sigma-VAE and stage 6 add text-to-speech.
 ## The shipped weights are stage 2's until a later stage meets every bar (BENCHMARKS.md).
 shapes-tiny: $(STAMP)

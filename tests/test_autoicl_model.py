@@ -232,15 +232,6 @@ class Shift(torch.nn.Module):
         return x + self.by
 
 
-class Shift(torch.nn.Module):
-    def __init__(self, by: torch.Tensor) -> None:
-        super().__init__()
-        self.by = by
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.by
-
-
 def frame_of(model, z):
     from latentlm.sequence import frame
 

@@ -222,57 +222,62 @@ def test_grounded_colour_answers_ground_the_questions_words():
     assert answer_text(raw) == a.colour and parse_grounded(raw).entities[0].phrase == f"the {a.shape} {side}"
 
 
+def two_shapes_scene():
+    """A train scene of two objects of different shapes ("the circle" names one of them alone)."""
+    return next(s for s in (scene_for("train", i) for i in range(300))
+                if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+
+
+def colour_answer(scene, obj, form: str, word: str = "what colour") -> str:
+    """The reasoned answer of form `form` to "<word> is the <obj's shape>?"."""
+    from latentlm.data.tasks import Example, boxed_answer
+
+    return boxed_answer(scene, Example("vqa:colour", f"{word} is the {obj.shape}?", obj.colour), reasoned=True,
+                        colour=form)
+
+
 def test_captioned_colour_answers_write_the_grounded_caption_first():
-    from latentlm.data.tasks import Example, boxed_answer, grounded_caption
+    from latentlm.data.tasks import grounded_caption
     from latentlm.understanding import answer_text
 
-    scene = next(s for s in (scene_for("train", i) for i in range(300))
-                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    scene = two_shapes_scene()
     b = scene.objects[1]
-    raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {b.shape}?", b.colour), reasoned=True,
-                       colour="caption")
+    raw = colour_answer(scene, b, "caption")
     assert raw == grounded_caption(scene).answer + ", so " + b.colour and answer_text(raw) == b.colour
 
 
 def test_stated_colour_answers_name_the_object_asked_about_after_the_caption():
-    from latentlm.data.tasks import Example, boxed_answer, grounded_caption
+    from latentlm.data.tasks import grounded_caption
     from latentlm.understanding import answer_text
 
-    scene = next(s for s in (scene_for("train", i) for i in range(300))
-                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    scene = two_shapes_scene()
     b = scene.objects[1]
-    raw = boxed_answer(scene, Example("vqa:colour", f"which color is the {b.shape}?", b.colour), reasoned=True,
-                       colour="caption_stated")
+    raw = colour_answer(scene, b, "caption_stated", word="which color")
     assert raw == f"{grounded_caption(scene).answer}, the {b.shape} is {b.colour}, so {b.colour}"
     assert answer_text(raw) == b.colour
 
 
 def test_asked_first_colour_answers_begin_the_caption_from_the_object_asked_about():
     from latentlm.data.shapes import grounding_of
-    from latentlm.data.tasks import Example, boxed_answer
     from latentlm.understanding import answer_text
 
-    scene = next(s for s in (scene_for("train", i) for i in range(300))
-                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    scene = two_shapes_scene()
     a, b = scene.objects
     for asked, other in ((a, b), (b, a)):
-        raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {asked.shape}?", asked.colour),
-                           reasoned=True, colour="caption_asked_first")
+        raw = colour_answer(scene, asked, "caption_asked_first")
         assert raw == grounding_of((asked, other)).removeprefix("<grounding>") + ", so " + asked.colour
         assert raw.startswith(f"<phrase> a {asked.colour} {asked.shape}</phrase>") and answer_text(raw) == asked.colour
 
 
 def test_checked_colour_answers_check_the_captions_first_colour_on_the_object_asked_about():
-    from latentlm.data.tasks import Example, boxed_answer, grounded_caption
+    from latentlm.data.tasks import grounded_caption
     from latentlm.understanding import answer_text
 
-    scene = next(s for s in (scene_for("train", i) for i in range(300))
-                 if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)
+    scene = two_shapes_scene()
     a, b = scene.objects
     caption = grounded_caption(scene).answer
     for asked, verdict in ((a, "yes"), (b, "no")):
-        raw = boxed_answer(scene, Example("vqa:colour", f"what colour is the {asked.shape}?", asked.colour),
-                           reasoned=True, colour="caption_checked")
+        raw = colour_answer(scene, asked, "caption_checked")
         assert raw == f"{caption}, is there a {a.colour} {asked.shape}? {verdict}, so {asked.colour}"
         assert answer_text(raw) == asked.colour
 

@@ -242,15 +242,7 @@ def boxed_answer(scene: Scene, example: Example, reasoned: bool = False, colour:
     "caption_asked_first" writes it from the object asked about (`_asked_first_colour`), "caption_checked"
     checks the caption's first colour on the object asked about with a presence question (`_checked_colour`)."""
     if reasoned and example.task == "vqa:colour":
-        if colour == "caption_checked":
-            return _checked_colour(scene, example)
-        if colour == "caption_asked_first":
-            return _asked_first_colour(scene, example)
-        if colour == "caption_stated":
-            return _stated_colour(scene, example)
-        if colour == "caption":
-            return _captioned_colour(scene, example)
-        return _grounded_colour(scene, example) if colour == "grounded" else _reasoned_colour(scene, example)
+        return _COLOUR_FORMS.get(colour, _reasoned_colour)(scene, example)
     named = sorted((o for o in scene.objects if _full_ref(o) in example.prompt),
                    key=lambda o: example.prompt.index(_full_ref(o)))
     rest = [o for o in scene.objects if o not in named]
@@ -332,6 +324,12 @@ def _reasoned_colour(scene: Scene, example: Example) -> str:
     the caption's first object; boxing the object asked about first makes it name the right one."""
     obj = _asked_object(scene, example)[0]
     return f"{object_tokens(obj.box)} {phrase_of(obj, with_size=False)}{REASON_SEP}{example.answer}"
+
+
+# A reasoned colour answer's forms (boxed_answer's `colour`; data.colour_answer): name -> writer.
+_COLOUR_FORMS = {"box_and_name": _reasoned_colour, "grounded": _grounded_colour, "caption": _captioned_colour,
+                 "caption_stated": _stated_colour, "caption_asked_first": _asked_first_colour,
+                 "caption_checked": _checked_colour}
 
 
 REASON_SEP = ", so "  # between a stated relation and the answer it leads to (boxed_answer(reasoned=True))

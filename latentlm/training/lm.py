@@ -115,6 +115,9 @@ class LMTrainConfig(BaseModel):
     # Blocks of the init_from model each followed by a zero-output copy of itself (training.grow_depth):
     # the run's backbone.n_layers is then the saved one's plus as many.
     init_grow: list[int] = Field(default_factory=list)
+    # Parameter-name prefixes that train (e.g. [diffusion.]: the image diffusion head alone, the rest frozen,
+    # so what the frozen parts do, such as reading, stays exactly as it was); empty: everything trains.
+    trainable: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _grow_needs_a_model(self) -> "LMTrainConfig":
@@ -168,6 +171,8 @@ class LatentLMTask:
         self.model = LatentLM(model_config, self.tokenizer, codecs)
         if config.init_from:
             self._init_from(Path(config.init_from), model_config)
+        if config.trainable:
+            self._freeze_all_but(config.trainable)
         self.mu = self._cached_means(Path(cache_dir) / "scene_means.pt")
         self.scenes = [scene_for("train", i) for i in range(config.data.n_train)]
         self.task_names = list(config.data.tasks)
@@ -224,6 +229,18 @@ class LatentLMTask:
         missing = [k for k in missing if not k.startswith("codecs.")]
         if missing or unexpected:  # the arch check above makes this a bug, not a user error
             raise RuntimeError(f"grown weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    def _freeze_all_but(self, prefixes: list[str]) -> None:
+        """Only parameters whose names start with one of `prefixes` keep requires_grad (the optimizer takes
+        those alone)."""
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unmatched:
+            tops = sorted({n.split(".")[0] + "." for n in names})
+            raise ConfigError(f"trainable: {unmatched} name no trainable parameter of this model; use prefixes of "
+                              f"its parameter names, such as {tops}")
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(any(name.startswith(p) for p in prefixes))
 
     def _cached_means(self, path: Path) -> Tensor:
         n = self.config.data.n_train

@@ -87,6 +87,24 @@ def test_shrunk_in_context_sequences_share_one_scale_and_keep_the_size_words(tas
         assert torch.allclose(mu, task.codec.encode(render_scenes(scenes)))
 
 
+def test_enlarged_in_context_pictures_fit_the_canvas_and_keep_their_words(task):
+    from latentlm.data.shapes import CANVAS, MARGIN, boxes_apart, rescale
+
+    task.config.data.icl.shrink, task.config.data.icl.shrink_range = 1.0, (1.3, 1.3)
+    try:
+        scenes, mu = task._pictures([0, 1, 2, 3], random.Random(1))
+    finally:
+        task.config.data.icl.shrink, task.config.data.icl.shrink_range = 0.0, (0.7, 0.9)
+    assert len(scenes) == 4 and mu.shape[0] == 4
+    for scene in scenes:
+        assert all(MARGIN <= v <= CANVAS - MARGIN for o in scene.objects for v in o.box)
+        assert len(scene.objects) == 1 or boxes_apart(scene.objects[0].box, scene.objects[1].box)
+        original = next(s for s in task.scenes if s.seed == scene.seed)
+        assert scene == rescale(original, 1.3)  # its own scale, its own words
+    wide = next(s for s in task.scenes if len(s.objects) == 2 and rescale(s, 1.4) is None)
+    assert rescale(wide, 0.8) is not None  # shrinking always fits
+
+
 def test_boxed_answers_box_the_named_objects_first_and_read_back_plain():
     from latentlm.data.shapes import object_tokens
     from latentlm.data.tasks import Example, boxed_answer

@@ -154,7 +154,8 @@ def render(objects: tuple[ShapeObject, ...] | list[ShapeObject]) -> Image.Image:
 
 def shrink(scene: Scene, factor: float) -> Scene:
     """The scene with each object's square box scaled by `factor` about its centre (whole pixels). Sizes
-    keep their words: a shrunk large object is still "large", as in a picture taken from further away."""
+    keep their words: a shrunk large object is still "large", as in a picture taken from further away.
+    (A factor above 1 enlarges; `rescale` checks that the result still fits.)"""
     objects = []
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.box
@@ -162,6 +163,15 @@ def shrink(scene: Scene, factor: float) -> Scene:
         left, top = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
         objects.append(replace(obj, box=(left, top, left + side, top + side)))
     return Scene(scene.seed, tuple(objects))
+
+
+def rescale(scene: Scene, factor: float) -> Scene | None:
+    """The scene seen from further away (factor < 1) or nearer (> 1), sizes keeping their words; None where
+    an enlarged object would leave the canvas's margin or come within MIN_GAP of the other one."""
+    scaled = shrink(scene, factor)
+    inside = all(MARGIN <= v <= CANVAS - MARGIN for o in scaled.objects for v in o.box)
+    apart = len(scaled.objects) < 2 or boxes_apart(scaled.objects[0].box, scaled.objects[1].box)
+    return scaled if factor <= 1 or (inside and apart) else None
 
 
 def boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = MIN_GAP) -> bool:

@@ -30,7 +30,7 @@ from latentlm.errors import ConfigError
 from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
 from latentlm.sequence import Batch, Latent, Text, frame, shard_batch
-from latentlm.data.shapes import scene_for, shrink
+from latentlm.data.shapes import rescale, scene_for
 from latentlm.data.tasks import (BOXED_KINDS, QUESTION_KINDS, REASONED_KINDS, UNDERSTANDING_TASKS, boxed_answer,
                                  draw_example)
 from latentlm.data.in_context import ICLConfig, demonstration, task_key
@@ -42,6 +42,7 @@ from latentlm.training.trainer import OptimConfig, process_state, train
 
 
 TASKS = ("t2i", *UNDERSTANDING_TASKS, "tts")
+RESCALE_TRIES = 20  # draws of scenes for an enlarged in-context sequence before it keeps its own scale
 
 
 class LMDataConfig(BaseModel):
@@ -333,14 +334,25 @@ class LatentLMTask:
 
     def _pictures(self, picks: list[int], rng: random.Random) -> tuple[list, Tensor]:
         """The scenes of one in-context sequence and their latent means [k, N, D]: the cached ones, or, for
-        a share `data.icl.shrink` of sequences, all shrunk by one drawn factor and encoded afresh."""
+        a share `data.icl.shrink` of sequences, all rescaled by one drawn factor and encoded afresh."""
         icl = self.config.data.icl
         if icl.shrink and rng.random() < icl.shrink:
             factor = rng.uniform(*icl.shrink_range)
-            scenes = [shrink(self.scenes[j], factor) for j in picks]
-            with torch.no_grad():
-                return scenes, self.codec.encode(render_scenes(scenes))
+            scenes = [self._rescaled(j, factor, rng) for j in picks]
+            if None not in scenes:
+                with torch.no_grad():
+                    return scenes, self.codec.encode(render_scenes(scenes))
         return [self.scenes[j] for j in picks], self.mu[picks]
+
+    def _rescaled(self, j: int, factor: float, rng: random.Random):
+        """Scene j rescaled, or, where an enlargement does not fit it, another drawn scene that it fits (None
+        after RESCALE_TRIES draws)."""
+        for _ in range(RESCALE_TRIES):
+            scaled = rescale(self.scenes[j], factor)
+            if scaled is not None:
+                return scaled
+            j = rng.randrange(self.config.data.n_train)
+        return None
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch)

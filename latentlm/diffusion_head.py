@@ -11,8 +11,11 @@ what does not change from one latent to the next (the diffusers scheduler and it
 timestep embeddings), embeds each latent's condition once, makes the AdaLN modulations of all of a
 latent's steps together (`SplitDenoiser`), and runs in inference mode. Callers run it with one
 intra-op thread at small batch (`tiny_op_threads`): threads spinning on ops this small cost far
-more than they give, worst beside other busy processes. It gives the same numbers as the
-straightforward loop, `DiffusionHead.sample_reference`, bit for bit.
+more than they give, worst beside other busy processes. Where it can (fp32 on the CPU, the C++
+extension built; `FUSED_SAMPLING`), it runs each latent's whole loop in one C++ call (`FusedLatentLoop`,
+`latentlm.kernels.adaln_head`, with the solver read off diffusers' scheduler as an affine recurrence):
+within fp32 rounding of the straightforward loop, `DiffusionHead.sample_reference`. Otherwise it runs
+the MLP op by op and the scheduler's own `step`: the same numbers as that loop, bit for bit.
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
+
+from latentlm.kernels import dispatch
+from latentlm.kernels.adaln_head import HeadWeights, cpu as adaln_head_cpu
+from latentlm.solver_recurrence import solver_coefficients
 
 
 class DiffusionHeadConfig(BaseModel):
@@ -138,6 +145,65 @@ class SplitDenoiser:
         return F.linear(F.layer_norm(h, width, eps=eps) * scale1 + shift, out_w, out_b)
 
 
+# Whether `LatentSampler` runs each latent's whole loop in one C++ call (`FusedLatentLoop`) where it can
+# (read when a sampler is made; its `fused` argument overrides it): 20 steps of [2, 256] rows, depth 3, in
+# ~1.4 ms instead of ~6 ms step by step (one thread, Xeon with AVX-512). The fused loop is not bit-identical
+# to `sample_reference`: its modulations come from another matrix product and the kernel sums in its own
+# order, so latents differ in the last bits (relative RMS ~1e-6 per latent; pictures, whose 64 latents are
+# fed back through the backbone, more: tests/test_generation_speed_paths.py). False: the torch path.
+FUSED_SAMPLING = True
+
+
+def head_weights(net: DenoiserMLP) -> HeadWeights:
+    """The MLP's weights as the fused kernel takes them (the blocks' stacked: [L, ...]), detached."""
+    ups, downs = [b.mlp[0] for b in net.blocks], [b.mlp[2] for b in net.blocks]
+    with torch.no_grad():
+        stacked = [torch.stack([getattr(layer, name) for layer in layers])
+                   for layers in (ups, downs) for name in ("weight", "bias")]  # up w, up b, down w, down b
+    up_w, up_b, down_w, down_b = stacked
+    eps = (*(b.norm.eps for b in net.blocks), net.out_norm.eps)
+    return HeadWeights(net.x_in.weight.detach(), net.x_in.bias.detach(), up_w, up_b, down_w, down_b,
+                       net.out.weight.detach(), net.out.bias.detach(), eps)
+
+
+class FusedLatentLoop:
+    """One latent's whole sampling loop in one C++ call (`latentlm.kernels.adaln_head`).
+
+    Per latent: the condition's embedding, then the AdaLN modulations of all steps in one matrix product
+    (every modulation layer's weights side by side: [(3L + 2) W, W]), then the kernel runs the MLP, the
+    guidance mix and the solver step after step. The solver is the scheduler's own DPM-Solver++ read off
+    as per-step coefficients of an affine recurrence (`latentlm.solver_recurrence`)."""
+
+    def __init__(self, net: DenoiserMLP, scheduler: DPMSolverMultistepScheduler, t_embs: list[Tensor], guided: bool,
+                 cfg_scale: float) -> None:
+        layers = [*(b.modulation[1] for b in net.blocks), net.out_modulation[1]]
+        self.mod_w = torch.cat([layer.weight.detach() for layer in layers])  # [(3L + 2) W, W]
+        self.mod_b = torch.cat([layer.bias.detach() for layer in layers])  # [(3L + 2) W]
+        self.c_embed = (net.c_embed.weight.detach(), net.c_embed.bias.detach())
+        self.t_emb = torch.stack(t_embs)  # [S, N, W]
+        self.weights = head_weights(net)
+        self.coefs = solver_coefficients(scheduler, len(t_embs))  # [S, 5]
+        self.guided, self.cfg_scale = guided, cfg_scale
+
+    @staticmethod
+    def runs(net: DenoiserMLP, rows: int, device: torch.device) -> bool:
+        """Whether the kernel takes this work: fp32 on the CPU, the extension built (and not forced off by
+        LATENTLM_KERNELS=reference), at most its MAX_ROWS MLP rows."""
+        return (torch.get_default_dtype() == torch.float32 and rows <= adaln_head_cpu.MAX_ROWS
+                and all(p.dtype == torch.float32 for p in net.parameters())
+                and dispatch.choose("adaln_head_sample", device).name == "cpp")
+
+    def modulations(self, c: Tensor) -> Tensor:
+        """The conditions c [N, C] -> every step's modulations [S, N, (3L + 2) W]."""
+        acts = F.silu(self.t_emb + F.linear(c, *self.c_embed))  # [S, N, W]
+        return F.linear(acts, self.mod_w, self.mod_b)
+
+    def __call__(self, x: Tensor, c: Tensor) -> Tensor:
+        """x [R, D] (the scaled starting noise), c [N, C] -> the sampled latent [R, D]."""
+        mods = self.modulations(c)
+        return adaln_head_cpu.adaln_head_sample_cpp(x, mods, self.coefs, self.weights, self.cfg_scale, self.guided)
+
+
 class DiffusionHead(nn.Module):
     def __init__(self, latent_dim: int, cond_dim: int, config: DiffusionHeadConfig | None = None) -> None:
         super().__init__()
@@ -181,10 +247,11 @@ class DiffusionHead(nn.Module):
 
     def latent_sampler(
         self, rows: int, guided: bool, cfg_scale: float = 1.0, steps: int = 20, temperature: float = 1.0,
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, fused: bool | None = None,
     ) -> "LatentSampler":
-        """A sampler for many latents in a row with the same settings (`rows` conditions each, 2 x rows guided)."""
-        return LatentSampler(self, rows, guided, cfg_scale, steps, temperature, device)
+        """A sampler for many latents in a row with the same settings (`rows` conditions each, 2 x rows guided);
+        `fused`: see `LatentSampler`."""
+        return LatentSampler(self, rows, guided, cfg_scale, steps, temperature, device, fused)
 
     @torch.no_grad()
     def sample(
@@ -203,7 +270,8 @@ class DiffusionHead(nn.Module):
 
         With `uncond` and cfg_scale != 1, the conditional and unconditional predictions are made in
         one batched call and mixed as uncond + s * (cond - uncond). For many latents in a row, make one
-        `latent_sampler` and call it per latent; this is the same as `sample_reference`, bit for bit.
+        `latent_sampler` and call it per latent; this is `sample_reference`, bit for bit with
+        `FUSED_SAMPLING` off, within fp32 rounding with it on.
         """
         guided = uncond is not None and cfg_scale != 1.0
         c = torch.cat([cond, uncond]) if guided else cond  # [2N or N, C]
@@ -312,13 +380,15 @@ class LatentSampler:
     Made once per batch of pictures: the diffusers scheduler with its `set_timesteps` schedule (rewound
     between latents rather than rebuilt; `_ReusedDPMSolver`) and the timestep embeddings of every step.
     Per latent the condition is embedded once and the AdaLN modulations of all its steps are made
-    together (they depend on t_emb + c_emb); per step only the MLP and the scheduler's own `step` run.
-    Same results as `DiffusionHead.sample_reference` (see `EXACT_MODULATIONS`).
+    together (they depend on t_emb + c_emb). Then, fused (`fused`, default `FUSED_SAMPLING`, where
+    `FusedLatentLoop.runs`): the whole loop in one C++ call, within fp32 rounding of
+    `DiffusionHead.sample_reference`. Else per step the MLP op by op and the scheduler's own `step`: the
+    same results as `sample_reference` (see `EXACT_MODULATIONS`).
     """
 
     def __init__(
         self, head: DiffusionHead, rows: int, guided: bool, cfg_scale: float = 1.0, steps: int = 20,
-        temperature: float = 1.0, device: torch.device | str | None = None,
+        temperature: float = 1.0, device: torch.device | str | None = None, fused: bool | None = None,
     ) -> None:
         self.net, self.rows, self.guided = head.net, rows, guided
         self.denoiser = SplitDenoiser(head.net)
@@ -333,6 +403,9 @@ class LatentSampler:
         n = 2 * rows if guided else rows
         with torch.inference_mode():
             self.t_emb = [self.net.time_embedding(t, n, dtype) for t in self.timesteps]  # [n, W] per step
+            use_fused = FUSED_SAMPLING if fused is None else fused
+            self.fused = (FusedLatentLoop(self.net, self.scheduler, self.t_emb, guided, cfg_scale)
+                          if use_fused and FusedLatentLoop.runs(self.net, n, self.device) else None)
 
     def _rewind(self) -> None:
         """Back to the first step, keeping the schedule: the state that `set_timesteps` itself resets."""
@@ -347,19 +420,28 @@ class LatentSampler:
         Runs in inference mode (less bookkeeping per op than no_grad, same kernels); what it returns is an
         ordinary tensor when called outside inference mode."""
         clock = clock or NO_CLOCK
-        net, sched, denoiser = self.net, self.scheduler, self.denoiser
-        self._rewind()
         with torch.inference_mode():
-            x = torch.randn(self.rows, net.out.out_features, generator=generator, device=self.device)
-            x = x * sched.init_noise_sigma * self.temperature  # [rows, D]
+            x = torch.randn(self.rows, self.net.out.out_features, generator=generator, device=self.device)
+            x = x * self.scheduler.init_noise_sigma * self.temperature  # [rows, D]
             clock.lap("solver")
-            c_emb = net.c_embed(c.contiguous())  # [n, W], once per latent
-            for t, mods in zip(self.timesteps, denoiser.modulations(self.t_emb, c_emb)):
-                out = denoiser(torch.cat([x, x]) if self.guided else x, mods)
-                if self.guided:
-                    out_c, out_u = out.chunk(2)
-                    out = out_u + self.cfg_scale * (out_c - out_u)
+            if self.fused is not None:  # the MLP and the solver of every step in one call
+                x = self.fused(x, c)
                 clock.lap("head")
-                x = sched.step(out, t, x, return_dict=False)[0]
-                clock.lap("solver")
+            else:
+                x = self._step_by_step(x, c, clock)
         return x.clone() if not torch.is_inference_mode_enabled() else x
+
+    def _step_by_step(self, x: Tensor, c: Tensor, clock: PhaseClock) -> Tensor:
+        """The loop from Python: per step the MLP op by op, then the scheduler's `step`. x [rows, D] -> [rows, D]."""
+        sched, denoiser = self.scheduler, self.denoiser
+        self._rewind()
+        c_emb = self.net.c_embed(c.contiguous())  # [n, W], once per latent
+        for t, mods in zip(self.timesteps, denoiser.modulations(self.t_emb, c_emb)):
+            out = denoiser(torch.cat([x, x]) if self.guided else x, mods)
+            if self.guided:
+                out_c, out_u = out.chunk(2)
+                out = out_u + self.cfg_scale * (out_c - out_u)
+            clock.lap("head")
+            x = sched.step(out, t, x, return_dict=False)[0]
+            clock.lap("solver")
+        return x

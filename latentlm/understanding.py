@@ -27,7 +27,7 @@ def read_images(model: LatentLM, pixels: Tensor) -> Tensor:
     if model.config.reads is False:
         raise PromptError("this model was trained to draw only; it cannot read pictures (captions, questions, "
                           "grounding): use a model trained with the reading stages, e.g. --model "
-                          "runs/shapes-tiny-5l/final (Makefile: make shapes-tiny)")
+                          "runs/shapes-tiny-5n/final (Makefile: make shapes-tiny)")
     codec = model.codecs["image"]
     return codec.normalize(codec.encode(pixels))
 

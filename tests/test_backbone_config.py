@@ -117,11 +117,18 @@ def test_the_union_round_trips_through_json(kind):
     assert BackboneConfig.model_validate_json(config.backbone.model_dump_json()) == config.backbone
 
 
-def test_the_shipped_legacy_config_loads():
-    """shapes-tiny's config.json was saved when one model held every kind's field (at its default)."""
-    raw = read_config(SHIPPED)
-    assert {"window", "segment_lengths", "dilation_rates", "self_decoder"} <= set(raw["backbone"])
-    config = ModelConfig.model_validate(raw)
+# The backbone section of a config.json saved when one model held every kind's field (at its default):
+# shapes-tiny's own until stage 5n was shipped.
+LEGACY_TRANSFORMER = {"chunk_size": 64, "d_model": 256, "dilation_rates": [1, 2, 4, 8], "ffn_act": "swiglu",
+                      "ffn_mult": 8 / 3, "kind": "transformer", "n_heads": 4, "n_layers": 4, "norm_eps": 1e-06,
+                      "rope_theta": 10000.0, "segment_lengths": [2048, 4096, 8192, 16384],
+                      "self_decoder": "gated_retention", "ternary": False, "window": 1024}
+
+
+def test_a_legacy_config_loads(tmp_path):
+    raw = read_config(SHIPPED) | {"backbone": LEGACY_TRANSFORMER}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    config = ModelConfig.model_validate(read_config(tmp_path))
     assert type(config.backbone) is TransformerConfig
     assert set(config.model_dump()["backbone"]) == SHARED | OWN["transformer"]
 

@@ -79,3 +79,63 @@ def test_every_question_kind_meets_the_bar(reading):
 def test_grounding_meets_the_bars(reading):
     report = reading["ground"]
     assert report["phrase_grounding"] >= 0.90 and report["grounded_caption"] >= 0.85, report
+
+
+# ---- the shipped model through each reading command and Session method (issue 18) ----
+def _two_object_scene():
+    from latentlm.data.shapes import scene_for
+
+    return next(s for s in (scene_for("test", i) for i in range(50))
+                if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape)  # "the circle" names one
+
+
+def test_the_shipped_model_reads_through_the_cli(shipped, tmp_path, capsys):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from latentlm.cli.main import cli
+
+    if shipped.config.reads is False:
+        pytest.skip("the shipped weights draw only")
+    scene = _two_object_scene()
+    picture = tmp_path / "scene.png"
+    scene.render().resize((128, 128), Image.NEAREST).save(picture)  # another size: boxes come back in its pixels
+    run = lambda *args: CliRunner().invoke(cli, list(args), standalone_mode=True)  # noqa: E731
+    out = run("caption", str(picture))
+    assert out.exit_code == 0 and out.output.strip() == scene.caption, out.output
+    out = run("caption", str(picture), "--grounded", "--json")
+    report = json.loads(out.output)
+    assert [e["phrase"] for e in report["entities"]] == [f"a {o.colour} {o.shape}" for o in scene.objects]
+    first = scene.objects[0]
+    out = run("ask", str(picture), f"what colour is the {first.shape}?")
+    assert out.exit_code == 0 and out.output.strip() == first.colour, out.output
+    drawn = tmp_path / "boxes.png"
+    out = run("ground", str(picture), f"the {first.colour} {first.shape}", "--json", "--draw", str(drawn))
+    (box,) = json.loads(out.output)["entities"][0]["boxes"]
+    x0, y0, x1, y1 = (2 * v for v in first.box)  # the scene's box in the 128-pixel picture
+    inter = max(0, min(x1, box[2]) - max(x0, box[0])) * max(0, min(y1, box[3]) - max(y0, box[1]))
+    union = (x1 - x0) * (y1 - y0) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    assert inter / union >= 0.5 and Image.open(drawn).size == (128, 128)
+    from latentlm.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:  # main() turns user errors into one line and exit 2
+        main(["ask", str(picture), "   "])
+    assert exit_.value.code == 2 and "the question is empty" in capsys.readouterr().err
+
+
+def test_the_shipped_model_reads_through_the_session(shipped):
+    from latentlm import Session
+
+    if shipped.config.reads is False:
+        pytest.skip("the shipped weights draw only")
+    scene = _two_object_scene()
+    picture, first = scene.render(), scene.objects[0]
+    session = Session()
+    assert session.caption(picture).text == scene.caption
+    assert session.ask(picture, f"what colour is the {first.shape}?").text == first.colour
+    grounded = session.ground(picture, f"the {first.colour} {first.shape}")
+    assert len(grounded.boxes) == 1 and grounded.image.size == (64, 64)
+    routed = session.run("describe this picture", image=picture)
+    assert routed.text == scene.caption

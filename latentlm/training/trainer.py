@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from latentlm.errors import CheckpointError, ConfigError
 from latentlm.training.checkpoints import (checkpoints, describe, load_checkpoint, on_main, remove_leftovers,
                                            save_checkpoint)
+from latentlm.training.ema import EMA
 
 
 class OptimConfig(BaseModel):
@@ -58,6 +59,9 @@ class OptimConfig(BaseModel):
     # Several processes: "ddp" keeps a replica of the model in each; "fsdp" shards parameters, gradients and
     # optimizer state over them (accelerate's FSDP plugin, GPUs only). One process trains the same either way.
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    # Export an exponential moving average of the weights with this decay (e.g. 0.999: about the last 1000
+    # steps; training.ema) instead of the last step's; None: the last step's. Not with FSDP.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
 
 class TrainTask(Protocol):
@@ -239,6 +243,18 @@ def _prepare(task: TrainTask, optim: OptimConfig, world: int):
     return accelerator, model, opt, sched, template
 
 
+def _ema(accelerator: Accelerator, model: nn.Module, optim: OptimConfig, sharded: bool) -> EMA | None:
+    """The run's moving average of the weights (train.ema_decay), saved and restored with its checkpoints."""
+    if optim.ema_decay is None:
+        return None
+    if sharded:
+        raise ConfigError("train.ema_decay keeps a whole copy of the weights, which FSDP shards: use "
+                          "train.distributed: ddp, or drop ema_decay")
+    ema = EMA(accelerator.unwrap_model(model).model, optim.ema_decay)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
 def _log(accelerator: Accelerator, path: Path, step: int, loss: Tensor, logs: dict, lr: float, t0: float) -> None:
     """One metrics.jsonl line: the means over the processes, written by the main process."""
     names = list(logs)
@@ -276,6 +292,7 @@ def train(
     set_seed(optim.seed + rank)  # process 0 draws as a single process does
     accelerator, model, opt, sched, template = _prepare(task, optim, world)
     main, sharded = accelerator.is_main_process, accelerator.distributed_type == DistributedType.FSDP
+    ema = _ema(accelerator, model, optim, sharded)
     if main:
         remove_leftovers(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
@@ -299,6 +316,8 @@ def train(
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model).model)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -313,6 +332,10 @@ def train(
     result = run_dir / "checkpoints" / f"step_{step:07d}"
     if step >= optim.steps:
         result = run_dir / "final"
-        _export(accelerator, task, model, template, sharded, result)
+        if ema is not None:
+            with ema.applied(accelerator.unwrap_model(model).model):
+                _export(accelerator, task, model, template, sharded, result)
+        else:
+            _export(accelerator, task, model, template, sharded, result)
     accelerator.wait_for_everyone()
     return result

@@ -89,3 +89,32 @@ def tiny_run(tiny_dir, tiny_lm_config) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_run) -> Path:
     return tiny_run / "final"
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: ops this small gain nothing from a second one, and beside a busy
+    process two make such tests minutes long."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_t2i_config(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
+    """(name, train settings, extra top-level YAML) -> the path of a one-block text-to-image-only LM config that
+    trains in seconds."""
+    def write(name: str, train: str, extra: str = "") -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"""
+tokenizer: {tiny_tokenizer_path}
+codec: {tiny_codec_dir}
+backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
+head: {{width: 32, depth: 1}}
+data: {{n_train: 16, tasks: {{t2i: 1.0}}, icl: {{every: 0}}}}
+train: {{batch_size: 4, seed: 0, lr: 0.01, warmup_steps: 0, log_every: 1, save_every: 2, {train}}}
+{extra}
+""")
+        return str(path)
+    return write

@@ -50,13 +50,7 @@ def exact(x, mods, coefs, weights, cfg_scale, guided):
     return adaln_head_sample_reference(x.double(), mods.double(), coefs.double(), w64, cfg_scale, guided).float()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Ops this small gain nothing from a second thread; beside a busy process two make the tests minutes long."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops (conftest)
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ RECURRENCE = 32 * U_FP32  # ~1.9e-6
 LOOP = 256 * U_FP32  # ~1.5e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Ops this small gain nothing from a second thread; beside a busy process two make the tests minutes long."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops (conftest)
 
 
 def _head(prediction_type, latent_dim=4, width=32, depth=2, std=0.2):

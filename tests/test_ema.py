@@ -30,21 +30,8 @@ def test_the_average_follows_its_formula_and_swaps_in_and_out():
         EMA(model, 1.0)
 
 
-def _config(tmp_path, tokenizer, codec, steps: int) -> str:
-    path = tmp_path / f"ema-{steps}.yaml"
-    path.write_text(f"""
-tokenizer: {tokenizer}
-codec: {codec}
-backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
-head: {{width: 32, depth: 1}}
-data: {{n_train: 16, tasks: {{t2i: 1.0}}, icl: {{every: 0}}}}
-train: {{steps: 4, batch_size: 4, seed: 0, lr: 0.01, warmup_steps: 0, log_every: 1, save_every: 2, ema_decay: 0.5}}
-""")
-    return str(path)
-
-
-def test_a_run_exports_the_average_and_resumes_it(tmp_path, tiny_tokenizer_path, tiny_codec_dir):
-    config = _config(tmp_path, tiny_tokenizer_path, tiny_codec_dir, 4)
+def test_a_run_exports_the_average_and_resumes_it(tmp_path, tiny_t2i_config):
+    config = tiny_t2i_config("ema", "steps: 4, ema_decay: 0.5")
     whole = train_lm(config, tmp_path / "whole", progress=False)
     train_lm(config, tmp_path / "split", progress=False, stop_after=2)
     split = train_lm(config, tmp_path / "split", resume=True, progress=False)

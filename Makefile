@@ -53,6 +53,8 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage5n.yaml -o runs/shapes-tiny-5n
 	$(BIN)/latentlm export runs/shapes-tiny-5n/final -o latentlm/pretrained/shapes-tiny
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae.yaml -o runs/speech-vae
+	$(BIN)/latentlm train-codec latentlm/configs/speech-vae-2.yaml -o runs/speech-vae-2
+	$(BIN)/latentlm train-codec latentlm/configs/speech-vae-3.yaml -o runs/speech-vae-3
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6.yaml -o runs/shapes-tiny-6
 
 ## Measure and write BENCHMARKS.md (the machine should be idle).

@@ -285,7 +285,9 @@ def test_registered_kinds():
 # --- training configs and task ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,kind,fps", [("speech-vae", "audio_sigma_vae", 12.5), ("speech-encodec", "encodec_tokenizer", 50)])
+@pytest.mark.parametrize("name,kind,fps", [("speech-vae", "audio_sigma_vae", 12.5), ("speech-vae-2", "audio_sigma_vae", 12.5),
+                                           ("speech-vae-3", "audio_sigma_vae", 12.5),
+                                           ("speech-encodec", "encodec_tokenizer", 50)])
 def test_shipped_configs_validate(name, kind, fps):
     from latentlm.training.codec import AUDIO_KINDS
     from pathlib import Path

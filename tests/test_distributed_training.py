@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_tiny_lm_config
-from dist_helpers import RegressionTask, fail, train_regression, two_process_checks
+from dist_helpers import RegressionTask, fail, regression_config, train_regression, two_process_checks
 from latentlm.checkpoint import CHECKSUMS_FILE, verify_dir
 from latentlm.cli.main import main
 from latentlm.config_io import load_yaml_config
@@ -206,6 +206,18 @@ def test_stops_at_random_steps_then_resume_is_bit_identical(tmp_path, tiny_token
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert losses(tmp_path / "straight") == losses(run)
     assert f"resuming from {run / 'checkpoints' / f'step_{first + 1:07d}'}" in capsys.readouterr().err
+
+
+def test_end_step_takes_the_run_off_part_way_through_its_schedule(tmp_path):
+    whole = train_regression(tmp_path / "whole", steps=20, save_every=5)
+    part = train_regression(tmp_path / "part", steps=20, end_step=15, save_every=5)
+    assert part == tmp_path / "part" / "final" and whole == tmp_path / "whole" / "final"
+    # the same schedule (cosine over 20 steps) up to step 15: the same losses and the same weights there
+    assert losses(tmp_path / "part") == losses(tmp_path / "whole")[:15]
+    a, b = (weights(run / "checkpoints" / "step_0000015") for run in (tmp_path / "whole", tmp_path / "part"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="end_step 25 is past the schedule's 20 steps"):
+        regression_config(steps=20, end_step=25)
 
 
 def test_resume_ignores_unfinished_saves(tmp_path, capsys):

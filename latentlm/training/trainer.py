@@ -30,7 +30,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, broadcast,
                               reduce, set_seed)
 from diffusers.optimization import get_scheduler
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -43,7 +43,10 @@ from latentlm.training.ema import EMA
 class OptimConfig(BaseModel):
     """Optimisation and bookkeeping of a training run."""
 
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1000, ge=1)  # the length of the learning-rate schedule
+    # End the run, and export it, at this step of the `steps`-long schedule (a run taken off part-way through
+    # its schedule, repeatably); None: at `steps`.
+    end_step: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)  # the global batch: split evenly over the processes
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -62,6 +65,16 @@ class OptimConfig(BaseModel):
     # Export an exponential moving average of the weights with this decay (e.g. 0.999: about the last 1000
     # steps; training.ema) instead of the last step's; None: the last step's. Not with FSDP.
     ema_decay: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _end_within_the_schedule(self) -> "OptimConfig":
+        if self.end_step is not None and self.end_step > self.steps:
+            raise ValueError(f"end_step {self.end_step} is past the schedule's {self.steps} steps: use at most steps")
+        return self
+
+    @property
+    def last_step(self) -> int:
+        return self.steps if self.end_step is None else self.end_step
 
 
 class TrainTask(Protocol):
@@ -274,7 +287,7 @@ def train(
     max_minutes: float | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train `task.model` to `optim.steps`, then export it to `run_dir/final`; returns that path.
+    """Train `task.model` to `optim.last_step`, then export it to `run_dir/final`; returns that path.
 
     `stop_after` and `max_minutes` end this invocation early (with a checkpoint) so that a long run
     can continue later with `resume=True`. Under a launcher every process calls this.
@@ -301,9 +314,9 @@ def train(
         _truncate_metrics(metrics_path, step) if resume else metrics_path.unlink(missing_ok=True)
     meta = {"world_size": world, "distributed": "fsdp" if sharded else "ddp"}
 
-    end = optim.steps if stop_after is None else min(optim.steps, step + stop_after)
+    end = optim.last_step if stop_after is None else min(optim.last_step, step + stop_after)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
-    bar = tqdm(total=optim.steps, initial=step, desc="train", disable=not progress or not main, dynamic_ncols=True)
+    bar = tqdm(total=optim.last_step, initial=step, desc="train", disable=not progress or not main, dynamic_ncols=True)
     model.train()
     t0 = time.monotonic()
     while step < end:
@@ -330,7 +343,7 @@ def train(
             break
     bar.close()
     result = run_dir / "checkpoints" / f"step_{step:07d}"
-    if step >= optim.steps:
+    if step >= optim.last_step:
         result = run_dir / "final"
         if ema is not None:
             with ema.applied(accelerator.unwrap_model(model).model):

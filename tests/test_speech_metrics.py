@@ -53,3 +53,17 @@ def test_the_recogniser_hears_espeak_under_the_grammar():
     wav = speak("a red circle above a blue square", VOICE_BY_NAME["amy"])
     assert Recognizer(grammar=True)(wav) == "a red circle above a blue square"
     assert Recognizer(grammar=True)(np.zeros(16_000, np.float32)) in ("", "a")
+
+
+def test_mcd_is_on_the_usual_scale_where_6_db_means_the_same_voice_and_words():
+    """SPTK's convention (cepstra of the log-power spectrum): another voice or other words land above the
+    6 dB bar of issue 19; the same voice and words at another speed (aligned by DTW) far below it."""
+    import dataclasses
+
+    from latentlm.data.speech import VOICE_BY_NAME, speak
+
+    first, second = list(VOICE_BY_NAME.values())[:2]
+    ref = speak("a small green circle", first)
+    assert mcd_dtw(speak("a small green circle", dataclasses.replace(first, speed=first.speed + 20)), ref) < 3.0
+    assert mcd_dtw(speak("a small green circle", second), ref) > 6.0  # same words, another voice
+    assert mcd_dtw(speak("the doctor has eight flags", first), ref) > 6.0  # same voice, other words

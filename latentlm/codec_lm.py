@@ -204,16 +204,48 @@ class CodecLM(nn.Module):
         return [h[i, length - u.codes.shape[1]:] @ self.nar_head[k - 1].T for i, (u, k) in enumerate(zip(rows, stages))]
 
     # ---- training ---------------------------------------------------------------------------
-    def forward(self, batch: CodecBatch) -> tuple[Tensor, dict[str, float]]:
-        """Training loss: AR cross-entropy over codebook 1 and END + NAR cross-entropy at each row's stage."""
-        x, valid, targets = self.ar_inputs(batch.rows)
-        h, _ = self.ar_backbone(x, None, valid=valid)  # [B, L, d]
-        scored = targets != IGNORE  # [B, L]
-        ar = F.cross_entropy(self.ar_head(h[scored]), targets[scored])
-        logits = self.nar_logits(batch.rows, batch.stages)
-        nar_targets = torch.cat([u.codes[k] for u, k in zip(batch.rows, batch.stages)]).to(self.device)  # [N]
-        nar = F.cross_entropy(torch.cat(logits), nar_targets)
+    def forward(self, batch: CodecBatch, rows_per_pass: int | None = 8) -> tuple[Tensor, dict[str, float]]:
+        """Training loss: AR cross-entropy over codebook 1 and END + NAR cross-entropy at each row's stage, each
+        the mean over all of the batch's scored positions.
+
+        Rows go through each backbone in passes of `rows_per_pass` rows of similar length (None: one pass).
+        Utterances here range from 1 to 5 s with or without a prompt, so one left-padded pass is ~40% padding;
+        sorted passes of 8 rows are ~12%. The loss is the same either way (the sums are divided once)."""
+        rows, stages = batch.rows, batch.stages
+        ar_sum = nar_sum = 0.0
+        ar_count = nar_count = 0
+        for part in self._passes([self._ar_length(u) for u in rows], rows_per_pass):
+            x, valid, targets = self.ar_inputs([rows[i] for i in part])
+            h, _ = self.ar_backbone(x, None, valid=valid)  # [b, L, d]
+            scored = targets != IGNORE  # [b, L]
+            ar_sum = ar_sum + F.cross_entropy(self.ar_head(h[scored]), targets[scored], reduction="sum")
+            ar_count += int(scored.sum())
+        for part in self._passes([self._nar_length(u) for u in rows], rows_per_pass):
+            logits = self.nar_logits([rows[i] for i in part], [stages[i] for i in part])
+            targets = torch.cat([rows[i].codes[stages[i]] for i in part]).to(self.device)  # [N]
+            nar_sum = nar_sum + F.cross_entropy(torch.cat(logits), targets, reduction="sum")
+            nar_count += len(targets)
+        ar, nar = ar_sum / ar_count, nar_sum / nar_count
         return ar + nar, {"ar_ce": ar.item(), "nar_ce": nar.item()}
+
+    @staticmethod
+    def _passes(lengths: list[int], rows_per_pass: int | None) -> list[list[int]]:
+        """Row indices sorted by length, in groups of `rows_per_pass` (one group when None)."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        size = rows_per_pass or len(order)
+        return [order[i: i + size] for i in range(0, len(order), size)]
+
+    @staticmethod
+    def _prompt_frames(u: Utterance) -> int:
+        return 0 if u.prompt_codes is None else u.prompt_codes.shape[1]
+
+    def _ar_length(self, u: Utterance) -> int:
+        """Positions of the row in `ar_inputs`: `<s> [PROMPT-TEXT] TEXT <audio>`, the prompt and the target codes."""
+        return len(u.prompt_text) + len(u.text) + 2 + self._prompt_frames(u) + u.codes.shape[1]
+
+    def _nar_length(self, u: Utterance) -> int:
+        """Positions of the row in `nar_inputs`: the AR's, then `</audio>` and one query per frame."""
+        return self._ar_length(u) + 1 + u.codes.shape[1]
 
     # ---- checkpoints ---------------------------------------------------------------------------
     @property

@@ -274,3 +274,25 @@ def test_eval_tts_takes_a_baseline_checkpoint(trained, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["eval", "tts", "--model", str(final), "--n", "1", "--steps", "3"])
     assert stop.value.code == 2 and "--temperature and --top-k" in capsys.readouterr().err
+
+
+def test_passes_of_similar_length_give_the_one_pass_loss_and_gradients(tok):
+    """Sorted passes of a few rows (less padding) compute the same mean losses as one left-padded pass."""
+    model = baseline(tok).train()
+    rows = [Utterance([11, 12], codes(3 + 4 * i, i), prompt_text=[13] * (i % 2),
+                      prompt_codes=codes(2 + i, 10 + i) if i % 2 else None) for i in range(5)]
+    batch = CodecBatch(rows, [1 + i % (N_Q - 1) for i in range(5)])
+    grads, losses = [], []
+    for rows_per_pass in (None, 2):
+        model.zero_grad()
+        loss, logs = model(batch, rows_per_pass=rows_per_pass)
+        loss.backward()
+        losses.append((loss.item(), logs["ar_ce"], logs["nar_ce"]))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    for u, k in zip(rows, batch.stages):  # the lengths that order the passes are those of the inputs
+        assert model.ar_inputs([u])[0].shape[1] == model._ar_length(u)
+        assert model.nar_inputs([u], [k])[0].shape[1] == model._nar_length(u)
+    assert [len(p) for p in CodecLM._passes([5, 1, 4, 2, 3], 2)] == [2, 2, 1]
+    assert CodecLM._passes([5, 1, 4, 2, 3], 2)[0] == [1, 3]  # the two shortest rows first

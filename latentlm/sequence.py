@@ -57,9 +57,27 @@ class Batch:
     loss_counts: dict[str, int] | None = None  # positions per loss term in the global batch (`loss_positions`)
     world: int = 1  # processes that share the global batch
 
+    TENSORS = ("ids", "latents", "is_latent", "slot", "valid", "latent_target", "modality", "audio_stop")
+
     def to(self, device) -> "Batch":
-        fields = ("ids", "latents", "is_latent", "slot", "valid", "latent_target", "modality", "audio_stop")
-        return Batch(*(getattr(self, f).to(device) for f in fields), self.row_seed, self.loss_counts, self.world)
+        return Batch(*(getattr(self, f).to(device) for f in self.TENSORS), self.row_seed, self.loss_counts, self.world)
+
+    def passes(self, rows_per_pass: int) -> list["Batch"]:
+        """The rows in groups of `rows_per_pass` of similar length (sorted), each cut to its own longest row: less
+        padding for the backbone. Each group keeps the batch's loss counts and its rows' noise seeds, so the
+        groups' losses sum to the batch's (`LatentLM.loss`). One group, the batch itself, when it is small."""
+        if len(self.valid) <= rows_per_pass:
+            return [self]
+        if self.row_seed is None or self.loss_counts is None:
+            raise ValueError("passes need each row's noise seed and the batch's loss counts (sequence.shard_batch)")
+        lengths = self.valid.sum(1)  # [B]
+        order = torch.argsort(lengths, stable=True)
+        out = []
+        for rows in order.split(rows_per_pass):
+            keep = int(lengths[rows].max())  # rows are left-padded: their last `keep` positions
+            out.append(Batch(*(getattr(self, f)[rows][:, -keep:] for f in self.TENSORS), self.row_seed[rows],
+                             self.loss_counts, self.world))
+        return out
 
 
 def loss_positions(batch: Batch, modalities) -> dict[str, Tensor]:

@@ -114,6 +114,31 @@ def test_shards_of_a_global_batch_give_the_whole_batch_gradient(mixed_task):
         assert relative_error(whole, halves) <= 1e-5, step
 
 
+def test_passes_of_similar_length_give_the_whole_batch_loss_and_gradient(mixed_task, monkeypatch):
+    """The task's loss in passes of a few rows of similar length (less padding) equals one pass over the batch."""
+    import latentlm.training.lm as lm
+
+    monkeypatch.setattr(lm, "ROWS_PER_PASS", 3)
+    model = mixed_task.model
+
+    def step_of(loss_fn, batch):
+        model.zero_grad()
+        loss, logs = loss_fn(batch)
+        loss.backward()
+        return loss.item(), logs, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    for step in (0, 1, 2):  # mixture batches and an in-context batch (2 rows: one pass)
+        batch = mixed_task.batch(step, 8)
+        parts = batch.passes(3)
+        assert sum(len(p.valid) for p in parts) == len(batch.valid)
+        assert all(p.valid[:, 0].any() for p in parts)  # each pass cut to its longest row
+        one = step_of(model.loss, batch)
+        passes = step_of(lambda b: mixed_task.loss(model, b), batch)
+        assert passes[0] == pytest.approx(one[0], rel=1e-5)
+        assert passes[1] == pytest.approx(one[1], rel=1e-4)
+        assert relative_error(one[2], passes[2]) <= 1e-5, step
+
+
 def audio_task(seed: int = 0) -> AudioCodecTask:
     """An audio codec task on five synthetic utterances (no speech synthesis), with a stand-in model."""
     config = CodecTrainConfig.model_validate({"kind": "audio_sigma_vae", "data": {"crop_seconds": [0.1, 0.3]},

@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -345,10 +346,7 @@ def train(
     result = run_dir / "checkpoints" / f"step_{step:07d}"
     if step >= optim.last_step:
         result = run_dir / "final"
-        if ema is not None:
-            with ema.applied(accelerator.unwrap_model(model).model):
-                _export(accelerator, task, model, template, sharded, result)
-        else:
+        with ema.applied(accelerator.unwrap_model(model).model) if ema is not None else nullcontext():
             _export(accelerator, task, model, template, sharded, result)
     accelerator.wait_for_everyone()
     return result

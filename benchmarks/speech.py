@@ -23,6 +23,8 @@ from latentlm.evaluation.tts import eval_tts, load_tts_model
 
 OUR_SWEEP = [(steps, cfg) for steps in (5, 10, 20) for cfg in (1.5, 2.0, 3.0)]
 BASELINE_SWEEP = (0.7, 1.0)  # temperatures of the AR's logits (top-k 50)
+ORIGINAL = "original audio"
+VAE_AS_TRAINED = "sigma-VAE, fp16 latents"
 LATENT_RANGE = 4.0  # rounded latents live on [-4, 4] in the normalised (unit-variance) space
 
 
@@ -82,9 +84,10 @@ class RoundedLatents(nn.Module):
 
 
 @torch.no_grad()
-def codec_round_trip(codecs: dict[str, tuple[nn.Module, float]], n: int) -> list[list]:
+def codec_round_trip(codecs: dict[str, tuple[nn.Module, float]], n: int) -> list[dict]:
     """Mel distance, MCD-DTW and grammar-exact intelligibility of each codec's round trip on the first `n` test
-    items; first the original audio, then (for the MCD's scale) the same words in another espeak-ng voice."""
+    items; first the original audio, then (for the MCD's scale) the same words in another espeak-ng voice.
+    One dict per row: codec, bits (a second, None where it has no meaning), mel, mcd_db, grammar_exact."""
     from latentlm.data.speech import VOICES, speak, speech_item, speech_text
     from latentlm.evaluation.speech_metrics import Recognizer, mcd_dtw
 
@@ -93,19 +96,27 @@ def codec_round_trip(codecs: dict[str, tuple[nn.Module, float]], n: int) -> list
     heard, metric = Recognizer(grammar=True), AudioReconstructionLoss()
     shapes = [i for i in range(n) if speech_text("test", i)[1] == "shapes"]
 
-    def row(name: str, bits: str, out: list[Tensor], mel: str) -> list:
+    def row(name: str, bits: float | None, out: list[Tensor], mel: float | None) -> dict:
         mcd = sum(mcd_dtw(o.numpy(), w.numpy()) for o, w in zip(out, waves)) / n
         exact = sum(heard(out[i].numpy()) == items[i][0] for i in shapes) / len(shapes)
-        return [name, bits, mel, f"{mcd:.2f}", f"{100 * exact:.1f}%"]
+        return dict(codec=name, bits=bits, mel=mel, mcd_db=mcd, grammar_exact=exact)
 
-    rows = [row("original audio", "256,000 (16-bit PCM)", waves, "0")]
+    rows = [row(ORIGINAL, 256_000, waves, 0.0)]
     others = [torch.from_numpy(speak(text, VOICES[(VOICES.index(voice) + 1) % len(VOICES)])) for text, voice, _ in items]
-    rows.append(row("(scale: the same words in another espeak-ng voice)", "-", others, "-"))
+    rows.append(row("(scale: the same words in another espeak-ng voice)", None, others, None))
     for name, (codec, bits) in codecs.items():
         out = [codec.reconstruct(w[None])[0].clamp(-1, 1) for w in waves]
         mel = sum(metric.mel_distance(o[None], w[None]).item() for o, w in zip(out, waves)) / n
-        rows.append(row(name, f"{bits:,.0f}", out, f"{mel:.3f}"))
+        rows.append(row(name, bits, out, mel))
     return rows
+
+
+def codec_table_rows(rows: list[dict]) -> list[list[str]]:
+    """The round trip's dicts as table rows."""
+    def num(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+    return [[r["codec"], num(r["bits"], ",.0f"), num(r["mel"], ".3f"), f"{r['mcd_db']:.2f}",
+             f"{100 * r['grammar_exact']:.1f}%"] for r in rows]
 
 
 class FirstCodebooks(nn.Module):
@@ -124,7 +135,7 @@ def audio_codecs(ours, baseline) -> dict[str, tuple[nn.Module, float]]:
     """The codecs compared, with their bits a second: the sigma-VAE as trained (fp16 latents) and rounded to
     the tokenizer's bitrates (10 bits a float = 8 codebooks, 5 bits = 4 codebooks at 50 frames a second)."""
     vae = ours.codecs["audio"]
-    codecs = {"sigma-VAE, fp16 latents": (vae, codec_rates(vae)["bits_per_second"])}
+    codecs = {VAE_AS_TRAINED: (vae, codec_rates(vae)["bits_per_second"])}
     for bits in (10, 5):
         rounded = RoundedLatents(vae, bits)
         codecs[f"sigma-VAE, latents rounded to {bits} bits"] = (rounded, rounded.bits_per_second)
@@ -135,7 +146,7 @@ def audio_codecs(ours, baseline) -> dict[str, tuple[nn.Module, float]]:
     return codecs
 
 
-def bars(ours: dict, base: dict | None, codec_rows: list[list]) -> list[list]:
+def bars(ours: dict, base: dict | None, codec_rows: list[dict]) -> list[list]:
     rows = [
         ["intelligibility (grammar exact) vs espeak-ng's reference", ">= 90% of the reference",
          f"{100 * ours['grammar_exact']:.1f}% vs {100 * ours['grammar_exact_reference']:.1f}% "
@@ -157,8 +168,8 @@ def bars(ours: dict, base: dict | None, codec_rows: list[list]) -> list[list]:
              f"{base['real_time_factor']:.3f} / {ours['real_time_factor']:.3f} = "
              f"{base['real_time_factor'] / ours['real_time_factor']:.1f}x"],
         ]
-    original = float(codec_rows[0][4].rstrip("%"))
-    vae = float(codec_rows[2][4].rstrip("%"))
+    by_name = {r["codec"]: r for r in codec_rows}
+    original, vae = (100 * by_name[name]["grammar_exact"] for name in (ORIGINAL, VAE_AS_TRAINED))
     rows.append(["sigma-VAE round trip: intelligibility vs the original audio", "within 3 points",
                  f"{vae:.1f}% vs {original:.1f}% ({vae - original:+.1f})"])
     return rows
@@ -220,13 +231,13 @@ compared with espeak-ng's rendering of the same text and voice. Settings were ch
 
 ### Codec round trip (first {args.codec_n} test utterances)
 
-{table(["codec", "bits / s", "mel distance", "MCD-DTW (dB)", "grammar exact"], codec_rows)}
+{table(["codec", "bits / s", "mel distance", "MCD-DTW (dB)", "grammar exact"], codec_table_rows(codec_rows))}
 
 {our_text}
 {base_text}
 Reproduce: `.venv/bin/python benchmarks/speech.py --model {args.model} --baseline {args.baseline or 'B'}`."""
     print(body)
-    print(json.dumps({"ours": ours, "baseline": base}, indent=1, default=str)[:3000])
+    print(json.dumps({"ours": ours, "baseline": base, "codecs": codec_rows}, indent=1, default=str)[:3000])
     if not args.quick:
         write_section("speech", body)
 

@@ -1,13 +1,17 @@
 """Reading and writing sound files: mono float32 waves and their sample rate.
 
 `load_audio` takes a file path (WAV, FLAC, OGG: whatever libsndfile reads) or a `(wave, rate)` pair and
-gives a mono float32 wave; stereo is averaged. `save_audio` writes 16-bit PCM WAV (or FLAC) atomically.
+gives a mono float32 wave; stereo is averaged. `save_audio` writes 16-bit PCM WAV (or FLAC) atomically;
+`wav_bytes` is the same WAV in memory. `Sound` is a generated wave with its rate (what a workflow step
+passes on: it is a `(wave, rate)` pair, so it serves wherever a recording is taken).
 A missing, unreadable, empty or non-finite input is a `LatentLMError` naming it.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,6 +19,27 @@ from latentlm.errors import LatentLMError
 
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 AudioInput = "str | os.PathLike | tuple[np.ndarray, int]"
+
+
+class Sound(NamedTuple):
+    """A mono float32 wave [T] and its sample rate."""
+
+    wave: np.ndarray
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.wave) / self.sample_rate
+
+
+def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
+    """`wave` (float, clipped to [-1, 1]) as a 16-bit PCM WAV file's bytes."""
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, np.clip(np.asarray(wave, dtype=np.float32), -1, 1), sample_rate, format="WAV",
+                    subtype="PCM_16")
+    return buf.getvalue()
 
 
 def load_audio(source) -> tuple[np.ndarray, int]:

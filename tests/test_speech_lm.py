@@ -311,3 +311,87 @@ def test_eval_tts_reports_every_measure(tok):
     assert r["n"] == 3 and 0 <= r["wer_reference"] and r["mcd_db"] > 0 and r["real_time_factor"] > 0
     assert 0 <= r["duration_within_20pct"] <= 1 and r["ar_steps_per_second"] == pytest.approx(16_000 / 16, rel=0.01)
     assert r["head_calls_per_second"] == pytest.approx(r["ar_steps_per_second"])  # one solver step per latent
+
+
+SPEECH_FILE = """name: say-twice
+inputs:
+  text: {type: string, default: "a red circle"}
+  voice: {type: audio, default: ref.wav}
+steps:
+  - id: say
+    uses: text-to-speech
+    with: {text: "${{ inputs.text }}", voice: "${{ inputs.voice }}", steps: 2, seed: 1}
+  - id: again
+    uses: text-to-speech
+    with: {text: "a blue square", voice: "${{ steps.say.outputs.audio }}", voice_text: "${{ inputs.text }}",
+           steps: 2, seed: 2}
+outputs:
+  second: "${{ steps.again.outputs.audio }}"
+  rate: "${{ steps.again.outputs.sample_rate }}"
+"""
+
+
+def _reference(folder, words: str = "a blue square"):
+    import soundfile
+
+    soundfile.write(folder / "ref.wav", np.sin(np.arange(800) / 5).astype(np.float32) * 0.3, 16_000)
+    (folder / "ref.txt").write_text(words)
+
+
+def test_a_workflow_file_speaks_to_wav_files_and_passes_speech_on_as_a_voice(speech_model_dir, tmp_path):
+    """Speech outputs are WAV files in the manifest; speech passed to a later step's voice is a recording
+    (saved under steps/); an audio input is a sound file relative to the workflow file, its words beside it."""
+    import soundfile
+
+    from latentlm.workflows.session import Session
+    from latentlm.workflows.workflow_runner import run_workflow_file
+
+    _reference(tmp_path)
+    (tmp_path / "say.yaml").write_text(SPEECH_FILE)
+    outcome = run_workflow_file(tmp_path / "say.yaml", model=str(speech_model_dir), out=tmp_path / "out")
+    record = outcome.manifest["outputs"]["second"]
+    assert record["type"] == "audio" and record["file"] == "second.wav" and record["sample_rate"] == 16_000
+    wave, rate = soundfile.read(str(tmp_path / "out" / "second.wav"))
+    assert rate == 16_000 and len(wave) == round(record["seconds"] * rate)
+    assert outcome.manifest["files"]["second.wav"] == record["sha256"]
+    first = outcome.manifest["steps"][1]["inputs"]["voice"]
+    assert first == "steps/say.audio.wav" and (tmp_path / "out" / first).is_file()
+    assert outcome.manifest["steps"][0]["inputs"]["voice"] == str(tmp_path / "ref.wav")
+    # The same calls through a Session give the same sound.
+    session = Session(str(speech_model_dir))
+    said = session.call("text-to-speech", text="a red circle", voice=str(tmp_path / "ref.wav"), steps=2, seed=1)
+    again = session.call("text-to-speech", text="a blue square", voice=(said.audio, said.sample_rate),
+                         voice_text="a red circle", steps=2, seed=2)
+    assert np.array_equal(outcome.values["second"].wave, again.audio)
+
+
+def test_workflow_files_check_sound_paths_and_keep_speech_out_of_text(tmp_path):
+    from latentlm.workflows.workflow_file import check_workflow_file
+    from latentlm.workflows.workflow_runner import WorkflowRunError, resolve_inputs, run_workflow_file
+
+    (tmp_path / "say.yaml").write_text(SPEECH_FILE)
+    _, errs = check_workflow_file(tmp_path / "say.yaml")
+    assert [(e.line, e.where) for e in errs] == [(4, "inputs.voice.default")]
+    assert "sound file 'ref.wav' does not exist" in errs[0].what
+    literal = SPEECH_FILE.replace('"${{ inputs.voice }}"', "other.wav")
+    (tmp_path / "literal.yaml").write_text(literal.replace("default: ref.wav", "default: other.wav"))
+    _, errs = check_workflow_file(tmp_path / "literal.yaml")
+    assert [e.where for e in errs] == ["inputs.voice.default", "steps.0.with.voice"]
+    inside = SPEECH_FILE.replace('second: "${{ steps.again.outputs.audio }}"',
+                                 'second: "said ${{ steps.again.outputs.audio }}"')
+    (tmp_path / "inside.yaml").write_text(inside)
+    _, errs = check_workflow_file(tmp_path / "inside.yaml")
+    assert any("is a recording: pass it as the whole value" in e.what for e in errs), errs
+    _reference(tmp_path)
+    (tmp_path / "bad.wav").write_text("not a sound")
+    from latentlm.workflows.workflow_file import load_workflow_file
+
+    wf = load_workflow_file(tmp_path / "say.yaml")
+    with pytest.raises(WorkflowRunError, match="--set voice: .*bad.wav is not a sound file"):
+        resolve_inputs(wf, {"voice": str(tmp_path / "bad.wav")})
+    with pytest.raises(WorkflowRunError, match="--set voice=: input 'voice' is a recording"):
+        resolve_inputs(wf, {"voice": " "})
+    (tmp_path / "ref.wav").write_text("broken since the check")
+    with pytest.raises(WorkflowRunError, match="input 'voice' \\(default\\): .*not a sound file"):
+        run_workflow_file(tmp_path / "say.yaml", model="shapes-tiny", out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()

@@ -9,14 +9,14 @@ from typing import Any
 from PIL import Image
 from pydantic import Field
 
-from latentlm.workflows.registry import Fields, Picture, Workflow, get, register
+from latentlm.workflows.registry import Fields, Picture, Recording, Workflow, get, register
 from latentlm.workflows.text_to_speech import AudioOutputs
 
 
 class DescribeAndSpeakInputs(Fields):
     image: Picture
     seed: int = Field(0, ge=0, le=2**63 - 1)
-    voice: Any = None  # as text-to-speech: a reference recording, with voice_text its words
+    voice: Recording = None  # as text-to-speech: a reference recording, with voice_text its words
     voice_text: str | None = None
 
 

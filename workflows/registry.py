@@ -16,6 +16,7 @@ the argument. The Session, the YAML runner and the CLI all call workflows throug
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from abc import ABC, abstractmethod
 from typing import Annotated, Any, ClassVar
@@ -44,6 +45,24 @@ class Fields(BaseModel):
 
 # A picture input: a PIL image, a file path or an array, loaded (and checked) as an RGB PIL image.
 Picture = Annotated[Any, AfterValidator(load_image)]
+
+
+def check_recording(value: Any) -> Any:
+    """A voice recording as given: None, a sound file path, or a `(wave, sample_rate)` pair (a `Sound`).
+    Kept as given, not read here: the words said in a file may sit beside it (`ref.txt` by `ref.wav`)."""
+    if value is None or isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        return value
+    raise ValueError(f"expected a sound file path or a (wave, sample_rate) pair, got {type(value).__name__}")
+
+
+# A recording input (a voice prompt): see check_recording.
+Recording = Annotated[Any, AfterValidator(check_recording)]
+
+
+def is_recording_field(info) -> bool:
+    return any(getattr(m, "func", None) is check_recording for m in info.metadata)
 
 
 def _words(text: str) -> str:
@@ -93,7 +112,8 @@ class Workflow(ABC):
         args = []
         pictures = picture_fields(cls)
         for name, f in cls.Inputs.model_fields.items():
-            kind = "image" if name in pictures else getattr(f.annotation, "__name__", str(f.annotation))
+            kind = "image" if name in pictures else "audio" if is_recording_field(f) else \
+                getattr(f.annotation, "__name__", str(f.annotation))
             args.append(f"{name}: {kind}" + ("" if f.is_required() else f" = {f.default!r}"))
         return f"{cls.name}({', '.join(args)})"
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
+
+from latentlm.audio_io import wav_bytes
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,9 @@ class Result:
         if self.text is not None:
             atomic_write(d / "text.txt", lambda f: f.write((self.text + "\n").encode()))
         if self.audio is not None:
-            import soundfile
-
             manifest["audio"] = "audio.wav"
-            wave = np.clip(np.asarray(self.audio, dtype=np.float32), -1, 1)
-            atomic_write(d / "audio.wav", lambda f: soundfile.write(f, wave, self.sample_rate, format="WAV",
-                                                                    subtype="PCM_16"))
+            data = wav_bytes(self.audio, self.sample_rate)
+            atomic_write(d / "audio.wav", lambda f: f.write(data))
         atomic_write(d / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
         return d / "manifest.json"
 

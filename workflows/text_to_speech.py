@@ -10,13 +10,13 @@ from latentlm.errors import PromptError
 from latentlm.speech import (
     DEFAULT_SPEECH_CFG, DEFAULT_SPEECH_STEPS, DEFAULT_SPEECH_TEMPERATURE, generate_speech, speech_codec, voice_prompt,
 )
-from latentlm.workflows.registry import Fields, Words, Workflow, register
+from latentlm.workflows.registry import Fields, Recording, Words, Workflow, register
 
 
 class TextToSpeechInputs(Fields):
     text: Words
     seed: int = Field(0, ge=0, le=2**63 - 1)
-    voice: Any = None  # a reference recording: a sound file path or a (wave, sample_rate) pair
+    voice: Recording = None  # a reference recording: a sound file path or a (wave, sample_rate) pair
     voice_text: str | None = None  # the words said in `voice` (default: the .txt file beside it)
     steps: int = Field(DEFAULT_SPEECH_STEPS, ge=1, le=1000)  # DPM-Solver++ steps per latent
     cfg_scale: float = Field(DEFAULT_SPEECH_CFG, ge=0)

@@ -23,11 +23,13 @@ Schema (every mapping is closed: an unknown key is an error):
   `prompting` (`direct`, the default, or `autoicl`: how the reading and drawing steps prompt the
   model, as `Session(prompting=...)`; few-shot needs demonstrations, which a file cannot give yet).
 - `inputs: {NAME: {type, default?, description?}}` with `type` one of string, integer, number,
-  boolean, image (a picture file path; relative paths are relative to the workflow file). An input
-  without a default must be given with `--set NAME=VALUE`.
+  boolean, image (a picture file path), audio (a sound file path: a voice recording); relative paths
+  in the file are relative to the workflow file. An input without a default must be given with
+  `--set NAME=VALUE`.
 - a step: `id` (required, unique, a name), `uses` (required, a registered workflow), `with` (its
   arguments, checked against the workflow's `Inputs`), `name` (a label).
-- a value that is exactly one `${{ EXPR }}` passes the object itself (a picture stays a picture);
+- a value that is exactly one `${{ EXPR }}` passes the object itself (a picture stays a picture, a
+  spoken `audio` output stays a recording that a later step's `voice` can take);
   `${{ EXPR }}` inside longer text is interpolated with `str()` (None as ""). EXPR is
   `inputs.NAME` or `steps.ID.outputs.FIELD` of an earlier step (FIELD one of that workflow's Outputs).
 - `outputs: {NAME: "${{ EXPR }}" or text with ${{ }} in it}`, NAME a name (it names the output file).
@@ -51,9 +53,9 @@ from PIL import Image
 from latentlm.errors import LatentLMError
 from latentlm.images import load_image
 from latentlm.workflows import builtin  # noqa: F401 - registers the built-in workflows
-from latentlm.workflows.registry import Workflow, get
+from latentlm.workflows.registry import Workflow, get, is_recording_field
 
-INPUT_TYPES = ("string", "integer", "number", "boolean", "image")
+INPUT_TYPES = ("string", "integer", "number", "boolean", "image", "audio")
 TOP_KEYS = {"name": True, "description": False, "inputs": False, "steps": True, "outputs": True, "prompting": False}
 FILE_PROMPTINGS = ("direct", "autoicl")  # Session's promptings a file can choose (fewshot needs demonstrations)
 STEP_KEYS = {"id": True, "uses": True, "with": False, "name": False}
@@ -66,7 +68,8 @@ OPEN = "${{"
 
 # How a kind of value reads in messages.
 KIND_WORDS = {"string": "text", "integer": "an integer", "number": "a number", "boolean": "true/false",
-              "image": "a picture", "any": "any value"}
+              "image": "a picture", "audio": "a recording", "any": "any value"}
+FILE_KINDS = {"image": "picture", "audio": "sound"}  # kinds given as a file path: the file's word
 MAX_ITEMS, MAX_DEPTH = 10_000, 64  # a literal `with` value larger or deeper than this is refused
 
 
@@ -168,7 +171,7 @@ class WorkflowFile:
     inputs: dict[str, InputSpec]
     steps: tuple[StepSpec, ...]
     outputs: dict[str, Ref | Template]
-    base_dir: Path | None = None  # relative picture paths in the file are relative to this
+    base_dir: Path | None = None  # relative picture and sound paths in the file are relative to this
     text: str = field(default="", repr=False)
     prompting: str | None = None  # None: the Session's own (direct unless told otherwise)
 
@@ -294,17 +297,22 @@ def is_picture_field(info) -> bool:
 
 
 def target_kind(info) -> str:
-    """The kind of value a workflow input field takes: string, integer, number, boolean, image or any."""
+    """The kind of value a workflow input field takes: string, integer, number, boolean, image, audio or any."""
     if is_picture_field(info):
         return "image"
+    if is_recording_field(info):
+        return "audio"
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(info.annotation, "any")
 
 
 def output_kind(name: str, info) -> str:
-    """The kind of a workflow output field; pictures are declared `image: Any` (or as PIL images)."""
+    """The kind of a workflow output field; pictures are declared `image: Any` (or as PIL images), speech
+    `audio: Any`."""
     annotation = info.annotation
     if annotation is Image.Image or (annotation is Any and name == "image"):
         return "image"
+    if annotation is Any and name == "audio":
+        return "audio"
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, "any")
 
 
@@ -314,13 +322,14 @@ def _compatible(source: str, target: str) -> bool:
 
 def check_input_value(kind: str, value: Any) -> str | None:
     """Why `value` is not a valid value of an input of `kind`, or None."""
-    ok = {"string": isinstance(value, str), "image": isinstance(value, str) and bool(value.strip()),
+    path = isinstance(value, str) and bool(value.strip())
+    ok = {"string": isinstance(value, str), "image": path, "audio": path,
           "integer": isinstance(value, int) and not isinstance(value, bool),
           "number": isinstance(value, (int, float)) and not isinstance(value, bool),
           "boolean": isinstance(value, bool)}[kind]
     if ok:
         return None
-    want = "a picture file path" if kind == "image" else KIND_WORDS[kind]
+    want = f"a {FILE_KINDS[kind]} file path" if kind in FILE_KINDS else KIND_WORDS[kind]
     return f"expected {want}, got {_describe(value)}"
 
 
@@ -490,8 +499,8 @@ class _Checker:
                     if problem:
                         self.error(spec["default"][1], f"{path}.default", problem)
                         default = _BAD
-                    elif kind == "image":
-                        self.check_picture_path(default, spec["default"][1], f"{path}.default")
+                    elif kind in FILE_KINDS:
+                        self.check_file_path(default, spec["default"][1], f"{path}.default", FILE_KINDS[kind])
                     elif kind == "number":
                         default = float(default)
             description = self.text_field(spec.get("description"), f"{path}.description") or ""
@@ -501,13 +510,13 @@ class _Checker:
             else:
                 self.inputs[key] = InputSpec(key, kind, default, description)
 
-    def check_picture_path(self, value: str, node: yaml.Node, path: str) -> None:
+    def check_file_path(self, value: str, node: yaml.Node, path: str, what: str = "picture") -> None:
         if self.base_dir is None:
             return
         p = Path(value).expanduser()
         p = p if p.is_absolute() else self.base_dir / p
         if not p.is_file():
-            self.error(node, path, f"picture file {value!r} does not exist (relative paths are relative to the "
+            self.error(node, path, f"{what} file {value!r} does not exist (relative paths are relative to the "
                                    "workflow file)")
 
     def check_steps(self, entry: tuple | None) -> tuple[StepSpec, ...] | None:
@@ -612,13 +621,14 @@ class _Checker:
             if isinstance(parsed, (Ref, Template)):
                 if not self.check_kind(parsed, target_kind(info), value_node, where, workflow.name, key):
                     ok = False
-            elif is_picture_field(info):
+            elif target_kind(info) in FILE_KINDS:
+                what = FILE_KINDS[target_kind(info)]
                 if not isinstance(parsed, str) or not parsed.strip():
-                    self.error(value_node, where, f"{key!r} takes a picture: give a file path or a ${{{{ }}}} "
+                    self.error(value_node, where, f"{key!r} takes a {what}: give a file path or a ${{{{ }}}} "
                                                   f"reference, not {_describe(parsed)}")
                     ok = False
                 else:
-                    self.check_picture_path(parsed, value_node, where)
+                    self.check_file_path(parsed, value_node, where, what)
             else:
                 literals[key] = (parsed, value_node)
         if model_fields is not None:
@@ -700,9 +710,10 @@ class _Checker:
         if len(parts) == 1:
             return parts[0]
         for i, part in enumerate(parts):
-            if isinstance(part, Ref) and self.kind_of(part) == "image":
+            if isinstance(part, Ref) and self.kind_of(part) in FILE_KINDS:
                 self.error(self.mark_in(node, starts[i]), where,
-                           f"{part} is a picture: pass it as the whole value (\"${{{{ {part} }}}}\"), not inside text")
+                           f"{part} is {KIND_WORDS[self.kind_of(part)]}: pass it as the whole value "
+                           f"(\"${{{{ {part} }}}}\"), not inside text")
                 return _BAD
         return Template(tuple(parts))
 
@@ -861,7 +872,7 @@ def parse_workflow(text: str, source: str = "<workflow>",
                    base_dir: Path | None = None) -> tuple[WorkflowFile | None, list[FileError]]:
     """Parse and check a workflow file's text: `(WorkflowFile, [])`, or `(None, every problem)`. Never raises.
 
-    `base_dir`, when given, is where relative picture paths are looked for (and checked to exist)."""
+    `base_dir`, when given, is where relative picture and sound paths are looked for (and checked to exist)."""
     loader = None
     try:
         try:

@@ -4,25 +4,28 @@
 
 Everything that can fail without the model fails first, in this order: the file (every problem,
 with line and column), the input values (`--set` typed by each input's declared type; pictures
-loaded), each step's arguments that are known before running (literals and inputs), the output
-folder (created and test-written), the checkpoint (resolved and its weights hashed). Only then does
-the Session load the model, on the first step.
+loaded, recordings read), each step's arguments that are known before running (literals and
+inputs), the output folder (created and test-written), the checkpoint (resolved and its weights
+hashed). Only then does the Session load the model, on the first step.
 
 The output folder (default `outputs/<name>-<YYYYmmdd-HHMMSS>`, relative to the current folder, with
 `-2`, `-3`, ... if taken) receives, each written atomically (temporary file + rename):
 
-- `<output>.png` for a picture output, `<output>.txt` for a text output (the text exactly);
-- `steps/<id>.<field>.png` for a picture one step passed to another that is not itself an output;
+- `<output>.png` for a picture output, `<output>.wav` for speech (16-bit PCM), `<output>.txt` for a text
+  output (the text exactly);
+- `steps/<id>.<field>.png` (`.wav`) for a picture (speech) one step passed to another that is not itself
+  an output;
 - `manifest.json`, last:
 
       {"workflow": name, "description": ..., "file": path, "file_sha256": ...,
        "latentlm_version": ..., "created": ISO time,
        "model": {"name": ..., "checkpoint": dir, "weights_sha256": sha256 of model.safetensors},
        "sampling": {"steps": ..., "cfg_scale": ..., "temperature": ...},
-       "inputs": {NAME: value},                        # pictures as their path
-       "steps": [{"id", "workflow", "inputs": {...},    # pictures as file names
+       "inputs": {NAME: value},                        # pictures and recordings as their path
+       "steps": [{"id", "workflow", "inputs": {...},    # pictures and speech as file names
                   "seed", "seconds"}],
        "outputs": {NAME: {"type": "image", "file", "sha256", "width", "height"}
+                       | {"type": "audio", "file", "sha256", "sample_rate", "seconds"}
                        | {"type": "text", "file", "sha256", "value"}
                        | {"type": "value", "value"}},   # numbers, boxes, entities, ...: JSON
        "files": {relative path: sha256}}                 # every file written but the manifest
@@ -44,11 +47,13 @@ from typing import Any, Iterable
 
 from PIL import Image
 
+from latentlm.audio_io import Sound, load_audio, wav_bytes
 from latentlm.errors import LatentLMError
 from latentlm.images import load_image
 from latentlm.workflows.registry import get
 from latentlm.workflows.result import Entity, atomic_write
-from latentlm.workflows.workflow_file import Ref, Template, WorkflowFile, is_picture_field, load_workflow_file
+from latentlm.workflows.workflow_file import (FILE_KINDS, Ref, Template, WorkflowFile, load_workflow_file,
+                                             target_kind)
 
 OUTPUTS_ROOT = Path("outputs")
 _TRUE = {"true", "yes", "on", "1"}
@@ -112,11 +117,15 @@ def typed_value(kind: str, key: str, text: str) -> Any:
         if not t:
             raise WorkflowRunError(f"--set {key}=: input {key!r} is a picture; give the path of a PNG or JPEG file")
         return text
+    if kind == "audio":
+        if not t:
+            raise WorkflowRunError(f"--set {key}=: input {key!r} is a recording; give the path of a WAV or FLAC file")
+        return text
     raise WorkflowRunError(f"input {key!r} has an unknown type {kind!r}")
 
 
 def _picture_path(wf: WorkflowFile, value: str) -> Path:
-    """A picture path from the file, relative to the file's folder."""
+    """A picture or sound path from the file, relative to the file's folder."""
     p = Path(value).expanduser()
     return p if p.is_absolute() or wf.base_dir is None else wf.base_dir / p
 
@@ -138,22 +147,32 @@ def resolve_inputs(wf: WorkflowFile, sets: dict[str, str]) -> tuple[dict[str, An
     values: dict[str, Any] = {}
     recorded: dict[str, Any] = {}
     for key, spec in wf.inputs.items():
+        file = spec.type in FILE_KINDS
         if key in sets:
             value = typed_value(spec.type, key, sets[key])
-            path = Path(value).expanduser() if spec.type == "image" else None
+            path = Path(value).expanduser() if file else None
             origin = f"--set {key}"
         else:
             value = spec.default
-            path = _picture_path(wf, value) if spec.type == "image" else None
+            path = _picture_path(wf, value) if file else None
             origin = f"input {key!r} (default)"
         recorded[key] = value
         if path is not None:
-            try:
-                value = load_image(path)
-            except LatentLMError as e:
-                raise WorkflowRunError(f"{origin}: {e}") from None
+            value = _load_file(spec.type, path, origin)
         values[key] = value
     return values, recorded
+
+
+def _load_file(kind: str, path: Path, origin: str) -> Any:
+    """A picture input loaded; a recording checked readable and kept as its path (its words may sit beside
+    it, `ref.txt` by `ref.wav`)."""
+    try:
+        if kind == "image":
+            return load_image(path)
+        load_audio(path)
+        return str(path)
+    except LatentLMError as e:
+        raise WorkflowRunError(f"{origin}: {e}") from None
 
 
 # ---- output folder -------------------------------------------------------------------------------------
@@ -230,23 +249,25 @@ def _known_before_running(value: Any) -> bool:
     return True
 
 
-def step_arguments(wf: WorkflowFile, step, values: dict, pictures: dict[str, Image.Image]) -> dict[str, Any]:
-    """A step's arguments with references resolved; literal picture paths are loaded pictures."""
+def step_arguments(wf: WorkflowFile, step, values: dict, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A step's arguments with references resolved; literal file paths as `_check_steps_before_running`
+    made them (pictures loaded, sound paths relative to the file)."""
     args = {}
     for key, value in step.arguments.items():
-        if key in pictures.get(step.id, {}):
-            args[key] = pictures[step.id][key]
+        if key in files.get(step.id, {}):
+            args[key] = files[step.id][key]
         else:
             args[key] = _resolve(value, values)
     return args
 
 
-def _check_steps_before_running(wf: WorkflowFile, values: dict) -> tuple[dict[str, dict[str, Image.Image]], list[str]]:
-    """Validate what each step gets from literals and inputs (no model); load literal picture paths. Also the
-    notes on arguments known now that the model was not trained on ("step 'a': ..."), as `Session.vet` gives."""
+def _check_steps_before_running(wf: WorkflowFile, values: dict) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Validate what each step gets from literals and inputs (no model); load literal picture paths and check
+    literal sound paths (relative to the file). Also the notes on arguments known now that the model was not
+    trained on ("step 'a': ..."), as `Session.vet` gives."""
     from pydantic import ValidationError
 
-    pictures: dict[str, dict[str, Image.Image]] = {}
+    files: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     for step in wf.steps:
         workflow = get(step.uses)
@@ -255,11 +276,10 @@ def _check_steps_before_running(wf: WorkflowFile, values: dict) -> tuple[dict[st
             info = workflow.Inputs.model_fields[key]
             if not _known_before_running(value):
                 continue
-            if is_picture_field(info) and isinstance(value, str):
-                try:
-                    pictures.setdefault(step.id, {})[key] = load_image(_picture_path(wf, value))
-                except LatentLMError as e:
-                    raise WorkflowRunError(f"step {step.id!r} ({step.uses}): {key}: {e}") from None
+            kind = target_kind(info)
+            if kind in FILE_KINDS and isinstance(value, str):
+                loaded = _load_file(kind, _picture_path(wf, value), f"step {step.id!r} ({step.uses}): {key}")
+                files.setdefault(step.id, {})[key] = loaded
                 continue
             known[key] = _resolve(value, values)
         try:
@@ -273,7 +293,47 @@ def _check_steps_before_running(wf: WorkflowFile, values: dict) -> tuple[dict[st
                                            f"{err['msg'].removeprefix('Value error, ')}"
                                            f" (got {known[loc[0]]!r})") from None
         notes += [f"step {step.id!r}: {note}" for note in workflow.notes(known)]
-    return pictures, notes
+    return files, notes
+
+
+MEDIA = (Image.Image, Sound)  # values written as files (pictures as PNG, speech as WAV)
+
+
+class _Files:
+    """What a run writes into its folder: each file's sha256 (relative path -> digest), and the names by
+    which the manifest refers to pictures and speech (id of the object -> file or input path)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.sha256: dict[str, str] = {}
+        self.names: dict[int, str] = {}
+
+    def write(self, rel: str, data: bytes) -> str:
+        atomic_write(self.out_dir / rel, lambda f: f.write(data))
+        self.sha256[rel] = hashlib.sha256(data).hexdigest()
+        return self.sha256[rel]
+
+    def media(self, value: Image.Image | Sound, stem: str) -> dict:
+        """A picture as `stem.png` or speech as `stem.wav`; -> its manifest record."""
+        if isinstance(value, Image.Image):
+            rel = f"{stem}.png"
+            record = {"type": "image", "file": rel, "sha256": self.write(rel, _png_bytes(value)),
+                      "width": value.width, "height": value.height}
+        else:
+            rel = f"{stem}.wav"
+            record = {"type": "audio", "file": rel, "sha256": self.write(rel, wav_bytes(*value)),
+                      "sample_rate": value.sample_rate, "seconds": round(value.seconds, 3)}
+        self.names.setdefault(id(value), rel)
+        return record
+
+    def output(self, name: str, value: Any) -> dict:
+        """An output: a file for a picture, speech or text, the JSON value otherwise."""
+        if isinstance(value, MEDIA):
+            return self.media(value, name)
+        if isinstance(value, str):
+            rel = f"{name}.txt"
+            return {"type": "text", "file": rel, "sha256": self.write(rel, value.encode("utf-8")), "value": value}
+        return {"type": "value", "value": _jsonable(value, self.names)}
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -285,6 +345,8 @@ def _png_bytes(image: Image.Image) -> bytes:
 def _jsonable(value: Any, picture_names: dict[int, str]) -> Any:
     if isinstance(value, Image.Image):
         return picture_names.get(id(value), f"<picture {value.width}x{value.height}>")
+    if isinstance(value, Sound):
+        return picture_names.get(id(value), f"<speech {value.seconds:.2f} s at {value.sample_rate} Hz>")
     if isinstance(value, Entity):
         return value.to_dict()
     if isinstance(value, (list, tuple)):
@@ -297,7 +359,12 @@ def _jsonable(value: Any, picture_names: dict[int, str]) -> Any:
 
 
 def _output_value(result, field: str) -> Any:
-    return result.image if field == "image" else getattr(result, field, None)
+    """A step's output field as later steps and the outputs see it: speech as a `Sound` (wave and rate)."""
+    if field == "image":
+        return result.image
+    if field == "audio" and result.audio is not None:
+        return Sound(result.audio, result.sample_rate)
+    return getattr(result, field, None)
 
 
 def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.PathLike | None = None,
@@ -317,7 +384,7 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
     sets = dict(sets) if isinstance(sets, dict) else parse_sets(sets)
     input_values, recorded_inputs = resolve_inputs(wf, sets)
     values: dict[str, Any] = {"inputs": input_values, "steps": {}}
-    literal_pictures, notes = _check_steps_before_running(wf, values)
+    literal_files, notes = _check_steps_before_running(wf, values)
     if notes and strict:
         raise WorkflowRunError(" ".join(notes) + " (strict: nothing was run; without --strict it runs with a warning)")
     out_dir = Path(out) if out is not None else default_output_dir(wf.name)
@@ -329,7 +396,7 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
         previous = session.prompting
         session.prompting = prompting
         try:
-            steps, step_args, icl_pictures = _run_steps(wf, session, values, literal_pictures)
+            steps, step_args, icl_pictures = _run_steps(wf, session, values, literal_files)
         finally:
             session.prompting = previous
     except BaseException:
@@ -337,45 +404,25 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
         raise
     out_values = {name: _resolve(ref, values) for name, ref in wf.outputs.items()}
 
-    files: dict[str, str] = {}
-    picture_names: dict[int, str] = {}
-
-    def write(rel: str, data: bytes) -> str:
-        atomic_write(out_dir / rel, lambda f: f.write(data))
-        files[rel] = hashlib.sha256(data).hexdigest()
-        return files[rel]
-
-    for key, image in input_values.items():
-        if isinstance(image, Image.Image):
-            picture_names[id(image)] = str(recorded_inputs[key])
-    for rel, image in icl_pictures.items():
-        write(rel, _png_bytes(image))
-    for step in wf.steps:
-        for key, image in literal_pictures.get(step.id, {}).items():
-            picture_names[id(image)] = str(step.arguments[key])
-    outputs_record: dict[str, Any] = {}
-    for name, value in out_values.items():
+    written = _Files(out_dir)
+    for key, value in input_values.items():
         if isinstance(value, Image.Image):
-            rel = f"{name}.png"
-            digest = write(rel, _png_bytes(value))
-            picture_names.setdefault(id(value), rel)
-            outputs_record[name] = {"type": "image", "file": rel, "sha256": digest,
-                                    "width": value.width, "height": value.height}
-        elif isinstance(value, str):
-            rel = f"{name}.txt"
-            outputs_record[name] = {"type": "text", "file": rel, "sha256": write(rel, value.encode("utf-8")),
-                                    "value": value}
-        else:
-            outputs_record[name] = {"type": "value", "value": _jsonable(value, picture_names)}
-    # Pictures passed between steps that are not outputs themselves: saved so the manifest can name them.
+            written.names[id(value)] = str(recorded_inputs[key])
+    for rel, image in icl_pictures.items():
+        written.write(rel, _png_bytes(image))
+    for step in wf.steps:
+        for key, value in literal_files.get(step.id, {}).items():
+            if isinstance(value, Image.Image):
+                written.names[id(value)] = str(step.arguments[key])
+    outputs_record = {name: written.output(name, value) for name, value in out_values.items()}
+    # Pictures and speech passed between steps that are not outputs themselves: saved so the manifest can
+    # name them.
     for step, args, record in zip(wf.steps, step_args, steps):
         for key, value in args.items():
             ref = step.arguments[key]
-            if isinstance(value, Image.Image) and id(value) not in picture_names and isinstance(ref, Ref):
-                rel = f"steps/{ref.name}.{ref.field}.png"
-                write(rel, _png_bytes(value))
-                picture_names[id(value)] = rel
-        record["inputs"] = _jsonable(args, picture_names)
+            if isinstance(value, MEDIA) and id(value) not in written.names and isinstance(ref, Ref):
+                written.media(value, f"steps/{ref.name}.{ref.field}")
+        record["inputs"] = _jsonable(args, written.names)
 
     manifest = {
         "workflow": wf.name,
@@ -391,18 +438,18 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
         "steps": steps,
         "warnings": notes,
         "outputs": outputs_record,
-        "files": files,
+        "files": written.sha256,
     }
     text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
     atomic_write(out_dir / "manifest.json", lambda f: f.write(text.encode("utf-8")))
     return RunOutcome(out_dir, manifest, out_values)
 
 
-def _run_steps(wf: WorkflowFile, session, values: dict, literal_pictures: dict) -> tuple[list, list, dict]:
+def _run_steps(wf: WorkflowFile, session, values: dict, literal_files: dict) -> tuple[list, list, dict]:
     """Call each step in order; -> (step records, their arguments, in-context demonstration pictures)."""
     steps, step_args, icl_pictures = [], [], {}
     for step in wf.steps:
-        args = step_arguments(wf, step, values, literal_pictures)
+        args = step_arguments(wf, step, values, literal_files)
         result = session.call(step.uses, **args)
         outputs = {f: _output_value(result, f) for f in get(step.uses).Outputs.model_fields}
         values["steps"][step.id] = outputs

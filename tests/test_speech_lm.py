@@ -313,6 +313,23 @@ def test_eval_tts_reports_every_measure(tok):
     assert r["head_calls_per_second"] == pytest.approx(r["ar_steps_per_second"])  # one solver step per latent
 
 
+def test_a_voice_prompt_never_says_the_words_to_be_spoken():
+    """Val items were once prompted with their own utterance (the first short val utterance of the voice is
+    often the item itself): the prompt must be another sentence of the same voice."""
+    pytest.importorskip("espeakng_loader")
+    from latentlm.data.speech import speech_item
+    from latentlm.evaluation.tts import prompt_recording
+
+    clashes = 0
+    for i in range(12):
+        text, voice, _ = speech_item("val", i)
+        first, _ = prompt_recording(voice.name)
+        clashes += first == text
+        said, wav = prompt_recording(voice.name, not_text=text)
+        assert said != text and 0 < len(wav) <= 4 * 16_000
+    assert clashes > 0  # the case arises in the first val items
+
+
 SPEECH_FILE = """name: say-twice
 inputs:
   text: {type: string, default: "a red circle"}

@@ -2,8 +2,8 @@
 
 Items are the first `n` of a speech split (`test` to report: unseen texts; `val` for choices). Each
 item is spoken by the model with a voice prompt of its own speaker (another utterance of that voice,
-from the val split, with its transcript), so the reference is espeak-ng's rendering of the same text
-in the same voice. Reported (`speech_metrics` says how each is measured):
+from the val split, with its transcript, never the item's own words), so the reference is espeak-ng's
+rendering of the same text in the same voice. Reported (`speech_metrics` says how each is measured):
 
 - intelligibility: shapes sentences recognised exactly under the shapes grammar, for ours and for the
   reference audio (the bar is relative to the reference's rate); word error rate with the general
@@ -36,16 +36,30 @@ from latentlm.speech import (
 PROMPT_MAX_SECONDS = 4.0
 
 
+def prompt_recording(voice: str, not_text: str = "") -> tuple[str, np.ndarray]:
+    """(transcript, wave) of the first val utterance of `voice` at most PROMPT_MAX_SECONDS long whose words are
+    not `not_text` (the sentence to be spoken: a prompt that says it already would give the answer away, and
+    training never prompts with the target's own words)."""
+    for text, wav in _short_val_utterances(voice):
+        if text != not_text:
+            return text, wav
+    raise RuntimeError(f"no short val utterance of voice {voice!r} other than {not_text!r}")
+
+
 @lru_cache(maxsize=None)
-def prompt_recording(voice: str) -> tuple[str, np.ndarray]:
-    """(transcript, wave) of the first val utterance of `voice` at most PROMPT_MAX_SECONDS long."""
+def _short_val_utterances(voice: str, count: int = 2) -> tuple[tuple[str, np.ndarray], ...]:
+    """The first `count` val utterances of `voice` (distinct texts) at most PROMPT_MAX_SECONDS long."""
+    found: list[tuple[str, np.ndarray]] = []
     for i in range(10_000):
         if speech_voice("val", i).name == voice:
             text, _ = speech_text("val", i)
-            wav = speak(text, VOICE_BY_NAME[voice])
-            if len(wav) <= PROMPT_MAX_SECONDS * 16_000:
-                return text, wav
-    raise RuntimeError(f"no short val utterance of voice {voice!r}")
+            if all(text != t for t, _ in found):
+                wav = speak(text, VOICE_BY_NAME[voice])
+                if len(wav) <= PROMPT_MAX_SECONDS * 16_000:
+                    found.append((text, wav))
+                    if len(found) == count:
+                        break
+    return tuple(found)
 
 
 def load_tts_model(name_or_path, verify: bool = True):
@@ -80,7 +94,7 @@ def eval_tts(model, n: int = 40, split: str = "test", steps: int = DEFAULT_SPEEC
     rows = []
     for i in tqdm(range(n), desc="eval tts", disable=not progress):
         text, voice, ref = speech_item(split, i)
-        prompt_text, prompt_wav = prompt_recording(voice.name)
+        prompt_text, prompt_wav = prompt_recording(voice.name, not_text=text)
         start = time.perf_counter()
         wav, calls = _speak(model, text, prompt_text, prompt_wav, seed + i, steps, cfg_scale, temperature, top_k)
         seconds = time.perf_counter() - start

@@ -7,14 +7,16 @@
     latentlm-chat/002-where-is-the-circle.png
     the circle
       the circle: (20, 4, 44, 28)
+    >>> say a red circle                      (a model trained with speech)
+    latentlm-chat/003-say-a-red-circle.wav
     >>> /bye
 
 The conversation is the Session's memory (`Session.memory`, planned by `workflows/planner.py`): the
 last picture drawn or attached (a message holding a picture's path) is the one questions, captions and
 "where is ..." are about, and "now make it green" redraws the last drawing changed. Pictures are saved
-as PNG into the output folder and their paths printed; text is printed, warnings (words the model
-never saw) as `warning: ...` lines. A user error prints one `error: ...` line and the conversation goes
-on; Ctrl-C stops the current step, Ctrl-D (or the end of piped input) ends it.
+as PNG and speech as 16-bit WAV into the output folder and their paths printed; text is printed,
+warnings (words the model never saw) as `warning: ...` lines. A user error prints one `error: ...` line
+and the conversation goes on; Ctrl-C stops the current step, Ctrl-D (or the end of piped input) ends it.
 
 `Chat` holds the logic and runs without a terminal: `Chat(session, out_dir).loop(read)`, where `read`
 returns the next input line or None at the end. With piped input each line is echoed after its prompt,
@@ -46,12 +48,13 @@ COMMANDS = ("/help", "/?", "/set", "/show", "/save", "/clear", *EXIT_COMMANDS)
 HELP = f"""\
 Ask for a picture ('draw a red circle above a blue square'), then ask about it: 'describe it',
 'where is the circle?', 'what colour is the square?', or change it: 'now make it green'. Two steps
-at once: 'draw a blue square and describe it'. A picture's path in a message attaches it
+at once: 'draw a blue square and describe it'. Speech (a model trained with it): 'say a red circle'
+is saved as a WAV file. A picture's path in a message attaches it
 ({' '.join(IMAGE_SUFFIXES)}); the last picture drawn or attached is the one questions are about.
   /help, /?      this help
   /set seed N    the seed of the next steps (0 <= N <= 2**63 - 1)
   /show          the model, the settings, the conversation's picture and the last outputs
-  /save DIR      save the last result (pictures, text, manifest.json) into DIR
+  /save DIR      save the last result (pictures, text, speech, manifest.json) into DIR
   /clear         forget the conversation: its picture and the last result
   /bye           leave (so does Ctrl-D)
   \"\"\"            starts and ends a message of several lines
@@ -245,7 +248,8 @@ class Chat:
         directory = check_writable_dir(rest.strip("\"'"), "/save")
         self.last.save(directory)
         names = [f"image_{i}.png" for i in range(len(self.last.images or []))]
-        names += ["text.txt"] * (self.last.text is not None) + ["manifest.json"]
+        names += ["text.txt"] * (self.last.text is not None) + ["audio.wav"] * (self.last.audio is not None)
+        names += ["manifest.json"]
         self.say(f"saved {directory}/: {', '.join(names)}")
 
     # ---- requests -------------------------------------------------------------------------------
@@ -265,6 +269,7 @@ class Chat:
 
     def run(self, text: str, picture=None) -> None:
         """Run one request through the Session (which knows the conversation's picture); print and save."""
+        from latentlm.audio_io import save_audio
         from latentlm.cli.main import save_picture
 
         result = self.session.run(text, image=picture)
@@ -273,12 +278,15 @@ class Chat:
         for warning in result.warnings:
             self.say(f"warning: {one_line(LatentLMError(warning))}")
         lines = []
+        stem = f"{self.count:03d}-{_slug(text) or workflow}"
         for i, image in enumerate(result.images or []):
-            name = f"{self.count:03d}-{_slug(text) or workflow}{f'-{i}' if i else ''}.png"
+            name = f"{stem}{f'-{i}' if i else ''}.png"
             path = save_picture(image, self.out_dir / name)
             lines.append(str(path))
             if image is self.session.memory.picture:
                 self.picture_path = str(path)
+        if result.audio is not None:
+            lines.append(str(save_audio(result.audio, result.sample_rate, self.out_dir / f"{stem}.wav")))
         if result.text is not None:
             lines.append(result.text)
         for e in result.entities or []:
@@ -326,7 +334,7 @@ def line_reader(stdin: TextIO, out: TextIO, interactive: bool) -> Callable[[str]
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="The seed of each step (change it in the chat with /set seed N).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
-              show_default=True, help="Folder for the pictures of the conversation.")
+              show_default=True, help="Folder for the pictures and speech of the conversation.")
 @click.option("--steps", type=click.IntRange(min=1, max=1000), default=DEFAULT_STEPS, show_default=True,
               help="Diffusion sampling steps per latent.")
 @click.option("--cfg", "cfg", type=click.FloatRange(min=0), default=DEFAULT_CFG, show_default=True,

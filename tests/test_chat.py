@@ -223,3 +223,31 @@ def test_chat_output_folder_is_checked_before_the_model_loads(monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["chat", "-o", "/sys/latentlm-chat"])
     assert e.value.code == 2
+
+
+def test_speech_is_saved_as_a_wav_and_its_path_printed(tmp_path):
+    """'say ...' (a model that speaks): the wave goes into the output folder as NNN-<request>.wav, numbered
+    with the pictures; /save writes it as audio.wav."""
+    import numpy as np
+    import soundfile
+
+    from latentlm.workflows.text_to_speech import AudioOutputs
+
+    class Speaking(StubSession):
+        def _run_workflow(self, workflow, args):
+            if workflow != "text-to-speech":
+                return super()._run_workflow(workflow, args)
+            self.calls.append((workflow, dict(args)))
+            return AudioOutputs(audio=np.full(1600, 0.25, dtype=np.float32), sample_rate=16_000)
+
+    out = io.StringIO()
+    chat = Chat(Speaking(), tmp_path / "chat", model_name="stub", out=out)
+    queue = ["draw a red circle", "say a red circle", f"/save {tmp_path / 'saved'}"]
+    chat.loop(lambda prompt: queue.pop(0) if queue else None)
+    lines = out.getvalue().splitlines()
+    wav = tmp_path / "chat" / "002-say-a-red-circle.wav"
+    assert str(wav) in lines and chat.session.calls[-1] == ("text-to-speech", {"text": "a red circle", "seed": 0})
+    samples, rate = soundfile.read(str(wav))
+    assert rate == 16_000 and len(samples) == 1600 and abs(samples.mean() - 0.25) < 1e-3
+    assert f"saved {tmp_path / 'saved'}/: audio.wav, manifest.json" in lines
+    assert (tmp_path / "saved" / "audio.wav").is_file()

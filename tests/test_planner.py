@@ -126,6 +126,19 @@ def test_speech_needs_a_registered_workflow(speech):
         plan("say that")
 
 
+@pytest.mark.parametrize("request_", ["read this picture aloud", "say the picture out loud", "speak the caption",
+                                      "say this image"])
+def test_saying_the_picture_captions_it_first(speech, request_):
+    p = plan(request_, has_image=True)
+    assert [s.workflow for s in p.steps] == ["caption", "text-to-speech"]
+    assert p.steps[0].args == {"image": Given("image"), "grounded": False} and p.steps[1].args == {"text": Ref(0, "text")}
+    assert plan("say the caption", has_image=True, history=History(text="two")).steps[0].args == {"text": "two"}
+    assert plan("say the picture frame is red", has_image=True).steps[0].args == {"text": "the picture frame is red"}
+    if "picture" in request_ or "image" in request_:
+        with pytest.raises(PromptError, match="is about a picture, and there is no earlier picture"):
+            plan(request_)
+
+
 def test_speech_without_the_workflow_is_the_clear_error(monkeypatch):
     monkeypatch.delitem(registry.REGISTRY, "text-to-speech", raising=False)
     for request in ("draw a blue square and say what it is", "say that", "say hello"):

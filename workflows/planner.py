@@ -466,6 +466,11 @@ _LEAD_IN = re.compile(r"^(?:(?:this|that|it|the|following|these|those|words?|tex
                       r"\s*(?P<words>.+)$|^the\s+(?:word|words|phrase|sentence|text)\s+(?P<named>.+)$", re.I | re.S)
 
 
+# "read this picture aloud", "say the caption" with a picture and no text yet: what the picture shows
+_THE_PICTURE = re.compile(r"(?:this|that|the|my)\s+(?:picture|image|drawing|photo|scene)(?:'s\s+caption)?")
+_ITS_CAPTION = re.compile(r"(?:the|its)\s+(?:caption|description)")
+
+
 def _speak(match: re.Match, body: str, ctx: _Context, offset: int) -> list[Step]:
     """Speech: "say that" (the last text), "say what it is" (caption, then speech), "say hello" (those words)."""
     field_name = _speech_field()
@@ -474,6 +479,9 @@ def _speak(match: re.Match, body: str, ctx: _Context, offset: int) -> list[Step]
     if lead_in:
         return [Step(SPEECH, {field_name: (lead_in["words"] or lead_in["named"]).strip(" \"'")})]
     low = _words_of(rest)
+    if _THE_PICTURE.fullmatch(low) or (ctx.text is None and ctx.picture is not None and _ITS_CAPTION.fullmatch(low)):
+        caption = Step("caption", {"image": _picture(ctx, body), "grounded": False})
+        return [caption, Step(SPEECH, {field_name: Ref(offset, "text")})]
     if (low and _THAT.fullmatch(low)) or not rest:  # "say that", "say it again", a bare "say"
         if ctx.text is None:
             raise PromptError(f"{body!r}: there is no earlier text to say; ask for some first ('describe it'), or say "

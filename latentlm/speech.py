@@ -6,10 +6,11 @@ samples one latent frame with DPM-Solver++, the frame is fed back to both stream
 decides whether the span goes on: the span ends when p(`</audio>`) on the conditional stream passes
 the model's `audio_stop_threshold`, or at the hard cap of `max_audio_per_token` frames per text token.
 
-A voice prompt (VALL-E's zero-shot prompt) is a reference recording and its transcript: the stream
-becomes `<s> TRANSCRIPT TEXT <audio> p_1..p_K` with the recording's latent means p, and the model
-continues in that voice; the unconditional stream keeps the prompt's latents (`<s><audio> p_1..p_K`),
-so guidance strengthens the text, not the voice.
+A voice prompt is a reference recording and its transcript, in the form the model was trained with
+(`ModelConfig.voice_prompt_form`, `data.tts`): VALL-E's prefix, `<s> TRANSCRIPT TEXT <audio> p_1..p_K`
+with the recording's latent means p, continued in that voice, or a demonstration, `<s> TRANSCRIPT <audio>
+p_1..p_K </audio> TEXT <audio>`. The unconditional stream keeps the prompt's latents (`<s><audio>
+p_1..p_K`, or the whole demonstration then `<audio>`), so guidance strengthens the text, not the voice.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import torch
 from torch import Tensor
 
 from latentlm.audio_io import voice_recording
+from latentlm.data.tts import spoken_example
 from latentlm.diffusion_head import tiny_op_threads
 from latentlm.errors import PromptError
 from latentlm.generation import ONE_THREAD_PICTURES, _check
 from latentlm.model import LatentLM
-from latentlm.sequence import MODALITY_INDEX, Latent, Text, collate
+from latentlm.sequence import MODALITY_INDEX, Latent, collate
 
 DEFAULT_SPEECH_STEPS = 10
 DEFAULT_SPEECH_CFG = 2.0
@@ -67,13 +69,14 @@ def _text_ids(model: LatentLM, text: str) -> list[int]:
 
 
 def _prefill(model: LatentLM, text_ids: list[list[int]], voice: VoicePrompt | None, guided: bool):
+    """The conditional streams (and, guided, as many unconditional ones), each ending in an open audio span,
+    in the voice-prompt form the model was trained with (`data.tts.spoken_example`)."""
     tok = model.tokenizer
-    audio = tok.token_id("<audio>")
     open_span = Latent("audio", torch.zeros(0, model.config.audio_latent_dim))
-    said = _text_ids(model, voice.transcript) if voice else []
-    spoken = [Latent("audio", voice.latents, target=False)] if voice else []
-    cond = [[Text([tok.bos_id] + said + ids + [audio]), *spoken, open_span] for ids in text_ids]
-    uncond = [[Text([tok.bos_id, audio]), *spoken, open_span] for _ in text_ids] if guided else []
+    prompt = (_text_ids(model, voice.transcript), voice.latents) if voice else None
+    form = model.config.voice_prompt_form
+    cond = [[*spoken_example(tok, ids, prompt, None, form), open_span] for ids in text_ids]
+    uncond = [[*spoken_example(tok, [], prompt, None, form, drop=True), open_span] for _ in text_ids] if guided else []
     return collate(cond + uncond, model.config.latent_width, tok.pad_id)
 
 

@@ -177,6 +177,37 @@ def test_tts_examples_prompt_with_another_utterance_of_the_same_voice(tok):
     assert seq[0].ids == [tok.bos_id, tok.token_id("<audio>")] and len(seq) == 3
 
 
+def test_a_demonstration_prompt_is_a_whole_spoken_example_before_the_words_to_say(tok):
+    """The "demonstration" form: `<s> PROMPT-TEXT <audio> p </audio> TEXT <audio> z </audio> </s>`; the prompt's
+    span ends (its last latent learns `</audio>`), a dropped condition drops only the words to say, and
+    generation builds the same streams from the model's recorded form."""
+    means = [torch.randn(n, AUDIO_DIM) for n in (3, 4)]
+    corpus = SpeechCorpus(["a red circle", "a blue square"], ["amy", "amy"], means)
+    corpus.index_prompts(max_frames=4, held_out=set())
+    target = torch.randn(3, AUDIO_DIM)
+    audio, end = tok.token_id("<audio>"), tok.token_id("</audio>")
+    seq = tts_sequence(corpus, 0, target, lambda z: z, tok, random.Random(0), 0.0, 1.0, form="demonstration")
+    assert seq[0].ids == [tok.bos_id, *tok.encode("a blue square"), audio] and torch.equal(seq[1].z, means[1])
+    assert seq[2].ids == [end, *tok.encode("a red circle"), audio] and seq[3].target and seq[4].ids == [end, tok.eos_id]
+    b = collate([seq], AUDIO_DIM, tok.pad_id)
+    k = len(seq[0].ids)  # the prompt's 4 latents follow; then </audio> TEXT <audio> and the target's 3
+    assert b.audio_stop[0, k - 1:k + 4].tolist() == [0, 0, 0, 0, 1]
+    assert b.latent_target[0].sum() == 3
+    dropped = tts_sequence(corpus, 0, target, lambda z: z, tok, random.Random(0), 1.0, 1.0, form="demonstration")
+    assert dropped[0].ids == seq[0].ids and dropped[2].ids == [end, audio]
+
+    from latentlm.speech import _prefill
+
+    model = speech_model(tok, voice_prompt_form="demonstration", max_audio_per_token=1)
+    voice = VoicePrompt(torch.randn(4, AUDIO_DIM), "a blue square")
+    streams = _prefill(model, [tok.encode("a red circle")], voice, guided=True)
+    cond, uncond = (row[row != tok.pad_id].tolist() for row in streams.ids)
+    assert cond[-len(tok.encode("a red circle")) - 2:] == [end, *tok.encode("a red circle"), audio]
+    assert uncond[-2:] == [end, audio] and tok.encode("a blue square")[0] in uncond
+    z = sample_speech_latents(model, ["a red circle"], voice, steps=1, generator=torch.Generator().manual_seed(0))
+    assert z[0].shape == (len(z[0]), AUDIO_DIM) and 1 <= len(z[0]) <= len(tok.encode("a red circle"))
+
+
 def test_the_text_to_speech_workflow(tok, tmp_path):
     import soundfile
 
@@ -218,13 +249,14 @@ audio_codec: {audio_dir}
 init_from: {tiny_model_dir}
 backbone: {{d_model: 64, n_layers: 2, n_heads: 4}}
 head: {{width: 64, depth: 2, batch_mul: 2}}
-data: {{n_train: 128, tasks: {{t2i: 0.3, tts: 0.7}}, speech: {{n_train: 6, voice_prompt: 0.5}}}}
+data: {{n_train: 128, tasks: {{t2i: 0.3, tts: 0.7}}, speech: {{n_train: 6, voice_prompt: 0.5, prompt_form: demonstration}}}}
 train: {{steps: 3, batch_size: 4, lr: 0.001, warmup_steps: 1, log_every: 1, save_every: 10, seed: 0}}
 """)
     final = train_lm(config, tmp_path / "run", progress=False)
     model = LatentLM.from_pretrained(final)
     before = LatentLM.from_pretrained(tiny_model_dir)
     assert model.config.audio_latent_dim == AUDIO_DIM and "audio" in model.codecs
+    assert model.config.voice_prompt_form == "demonstration"  # recorded for generation
     logs = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any('"diffusion_audio": 0.' in line or '"diffusion_audio": 1.' in line for line in logs)
     assert not torch.equal(model.embed.weight[:10], before.embed.weight[:10])  # trained on from the old weights

@@ -169,6 +169,7 @@ class LatentLMTask:
             backbone=config.backbone, head=config.head, cfg_dropout=config.cfg_dropout,
             text_loss_weight=config.text_loss_weight, codecs={m: f"{m}_codec" for m in codecs},
             reads=any(config.data.tasks.get(t) for t in UNDERSTANDING_TASKS),
+            voice_prompt_form=config.data.speech.prompt_form,
         )
         self.model = LatentLM(model_config, self.tokenizer, codecs)
         if config.init_from:
@@ -293,7 +294,7 @@ class LatentLMTask:
         i = k % len(self.speech)
         target = codec.normalize(codec.perturb(self.speech.means[i][None], gen))[0]  # [T, D]
         return tts_sequence(self.speech, i, target, codec.normalize, self.tokenizer, rng, self.config.cfg_dropout,
-                            speech.voice_prompt)
+                            speech.voice_prompt, speech.prompt_form)
 
     def _sequence(self, task: str, scene, sampled: Tensor, means: Tensor, rng: random.Random):
         return self._query(task, scene, sampled, means, rng)[0]

@@ -56,6 +56,7 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae-2.yaml -o runs/speech-vae-2
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae-3.yaml -o runs/speech-vae-3
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6.yaml -o runs/shapes-tiny-6
+	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6b.yaml -o runs/shapes-tiny-6b
 
 ## Measure and write BENCHMARKS.md (the machine should be idle).
 bench: $(STAMP)

@@ -177,8 +177,9 @@ def test_save_and_load_round_trip(tok, tmp_path):
 
 
 def test_the_config_matches_stage_6_in_size_data_and_budget():
-    """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as stage 6
-    trains on (its batches that are not in-context, times the tts share of the mixture)."""
+    """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as stages 6
+    and 6b train on (their batches that are not in-context, times the tts share of the mixture). The voice
+    prompt's form is each model's own (the baseline's is VALL-E's prefix)."""
     from pathlib import Path
 
     import latentlm
@@ -188,11 +189,14 @@ def test_the_config_matches_stage_6_in_size_data_and_budget():
 
     configs = Path(latentlm.__file__).parent / "configs"
     valle = load_yaml_config(configs / "speech-valle.yaml", CodecLMTrainConfig)
-    stage6 = load_yaml_config(configs / "shapes-tiny-stage6.yaml", LMTrainConfig)
-    assert valle.backbone == stage6.backbone and valle.backbone.d_model == 256 and valle.speech == stage6.data.speech
-    tasks, train = stage6.data.tasks, stage6.train
-    plain_batches = train.steps - train.steps // stage6.data.icl.every
-    tts_examples = plain_batches * train.batch_size * tasks["tts"] / sum(tasks.values())
+    tts_examples = 0.0
+    for name in ("shapes-tiny-stage6.yaml", "shapes-tiny-stage6b.yaml"):
+        stage = load_yaml_config(configs / name, LMTrainConfig)
+        assert valle.backbone == stage.backbone and valle.backbone.d_model == 256
+        assert valle.speech.model_dump(exclude={"prompt_form"}) == stage.data.speech.model_dump(exclude={"prompt_form"})
+        tasks, train = stage.data.tasks, stage.train
+        plain_batches = train.last_step - train.last_step // stage.data.icl.every
+        tts_examples += plain_batches * train.batch_size * tasks["tts"] / sum(tasks.values())
     assert valle.train.steps * valle.train.batch_size == pytest.approx(tts_examples)
 
 

@@ -1,11 +1,10 @@
 """Configuration of a LatentLM model, saved as `config.json` in its checkpoint."""
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
 from latentlm.backbones import BackboneConfig
+from latentlm.data.tts import PromptForm
 from latentlm.diffusion_head import DiffusionHeadConfig
 
 
@@ -26,7 +25,7 @@ class ModelConfig(BaseModel):
     audio_stop_threshold: float = Field(0.5, gt=0, lt=1)
     max_audio_per_token: int = Field(16, ge=1)
     max_speech_tokens: int = Field(96, ge=1)  # longest text spoken at once (training texts are under half of it)
-    voice_prompt_form: Literal["prefix", "demonstration"] = "prefix"  # as trained (data.tts.spoken_example)
+    voice_prompt_form: PromptForm = "prefix"  # as trained (data.tts.spoken_example)
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -124,7 +124,7 @@ def typed_value(kind: str, key: str, text: str) -> Any:
     raise WorkflowRunError(f"input {key!r} has an unknown type {kind!r}")
 
 
-def _picture_path(wf: WorkflowFile, value: str) -> Path:
+def _file_path(wf: WorkflowFile, value: str) -> Path:
     """A picture or sound path from the file, relative to the file's folder."""
     p = Path(value).expanduser()
     return p if p.is_absolute() or wf.base_dir is None else wf.base_dir / p
@@ -154,7 +154,7 @@ def resolve_inputs(wf: WorkflowFile, sets: dict[str, str]) -> tuple[dict[str, An
             origin = f"--set {key}"
         else:
             value = spec.default
-            path = _picture_path(wf, value) if file else None
+            path = _file_path(wf, value) if file else None
             origin = f"input {key!r} (default)"
         recorded[key] = value
         if path is not None:
@@ -278,7 +278,7 @@ def _check_steps_before_running(wf: WorkflowFile, values: dict) -> tuple[dict[st
                 continue
             kind = target_kind(info)
             if kind in FILE_KINDS and isinstance(value, str):
-                loaded = _load_file(kind, _picture_path(wf, value), f"step {step.id!r} ({step.uses}): {key}")
+                loaded = _load_file(kind, _file_path(wf, value), f"step {step.id!r} ({step.uses}): {key}")
                 files.setdefault(step.id, {})[key] = loaded
                 continue
             known[key] = _resolve(value, values)

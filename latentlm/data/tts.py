@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from latentlm.sequence import Latent, Sequence, Text
 
-
 PromptForm = Literal["prefix", "demonstration"]
 
 
@@ -39,7 +38,6 @@ class TTSDataConfig(BaseModel):
     voice_prompt: float = Field(0.5, ge=0, le=1)  # share of examples with a voice prompt
     max_prompt_seconds: float = Field(4.0, gt=0)  # prompts are whole utterances at most this long
     prompt_form: PromptForm = "prefix"  # where a voice prompt goes (the module doc); the model records it
-
 
 
 @dataclass

@@ -406,6 +406,8 @@ def test_a_workflow_file_speaks_to_wav_files_and_passes_speech_on_as_a_voice(spe
     first = outcome.manifest["steps"][1]["inputs"]["voice"]
     assert first == "steps/say.audio.wav" and (tmp_path / "out" / first).is_file()
     assert outcome.manifest["steps"][0]["inputs"]["voice"] == str(tmp_path / "ref.wav")
+    # the speech steps' own sampling settings, defaults included (the manifest's top-level block is the Session's)
+    assert outcome.manifest["steps"][0]["sampling"] == {"steps": 2, "cfg_scale": 2.0, "temperature": 1.0}
     # The same calls through a Session give the same sound.
     session = Session(str(speech_model_dir))
     said = session.call("text-to-speech", text="a red circle", voice=str(tmp_path / "ref.wav"), steps=2, seed=1)

@@ -20,10 +20,10 @@ The output folder (default `outputs/<name>-<YYYYmmdd-HHMMSS>`, relative to the c
       {"workflow": name, "description": ..., "file": path, "file_sha256": ...,
        "latentlm_version": ..., "created": ISO time,
        "model": {"name": ..., "checkpoint": dir, "weights_sha256": sha256 of model.safetensors},
-       "sampling": {"steps": ..., "cfg_scale": ..., "temperature": ...},
+       "sampling": {"steps": ..., "cfg_scale": ..., "temperature": ...},   # the Session's (pictures)
        "inputs": {NAME: value},                        # pictures and recordings as their path
        "steps": [{"id", "workflow", "inputs": {...},    # pictures and speech as file names
-                  "seed", "seconds"}],
+                  "seed", "seconds", "sampling"?}],      # a step's own steps/cfg_scale/temperature (speech)
        "outputs": {NAME: {"type": "image", "file", "sha256", "width", "height"}
                        | {"type": "audio", "file", "sha256", "sample_rate", "seconds"}
                        | {"type": "text", "file", "sha256", "value"}
@@ -296,6 +296,7 @@ def _check_steps_before_running(wf: WorkflowFile, values: dict) -> tuple[dict[st
     return files, notes
 
 
+SAMPLING = ("steps", "cfg_scale", "temperature")  # a step's own sampling arguments, recorded with it
 MEDIA = (Image.Image, Sound)  # values written as files (pictures as PNG, speech as WAV)
 
 
@@ -453,11 +454,14 @@ def _run_steps(wf: WorkflowFile, session, values: dict, literal_files: dict) -> 
         result = session.call(step.uses, **args)
         outputs = {f: _output_value(result, f) for f in get(step.uses).Outputs.model_fields}
         values["steps"][step.id] = outputs
-        seed_field = get(step.uses).Inputs.model_fields.get("seed")
-        seed = args.get("seed", seed_field.default if seed_field is not None else None)
+        fields = get(step.uses).Inputs.model_fields
+        seed = args.get("seed", fields["seed"].default if "seed" in fields else None)
         step_args.append(args)
         steps.append({"id": step.id, "workflow": step.uses, "inputs": None, "seed": seed,
                       "seconds": result.steps[-1]["seconds"] if result.steps else None})
+        own = {k: args.get(k, fields[k].default) for k in SAMPLING if k in fields}
+        if own:  # a workflow with sampling settings of its own (speech): not the Session's
+            steps[-1]["sampling"] = own
         if result.steps and "icl" in result.steps[-1]:
             steps[-1]["icl"] = _renamed(result.steps[-1]["icl"], result.icl_pictures, f"icl/{step.id}_", icl_pictures)
     return steps, step_args, icl_pictures

@@ -15,6 +15,9 @@ Prompting conditions (`latentlm.workflows.autoicl`):
   with the same shift as the set (a fixed few-shot prompt per task);
 - autoicl-gen: AutoICL generating mode (the model's own captions, drawings and answers, self-checked);
 - autoicl-ret: AutoICL retrieving mode; the pool is unlabelled train-split pictures with the set's shift.
+- gold-near, autoicl-ret-near: the same with demonstrations chosen per query, nearest its picture
+  (`select="similar"`, `latentlm.workflows.demo_selection`): N of --gold-pool true demonstrations per
+  task, or pool pictures looked at from the nearest on (the pool is then --near-pool pictures).
 Demonstrations are cached per task kind within a row (a row = one eval set x shift x condition), so a
 row's calls and seconds per query include making them once per kind, amortised over its queries.
 
@@ -48,7 +51,7 @@ from latentlm.workflows.icl_tasks import (CAPTION, GROUND, Query, caption_query,
                                           question_query)
 
 EVAL_SETS = ("caption", "vqa", "ground")
-CONDITIONS = ("direct", "gold", "autoicl-gen", "autoicl-ret")
+CONDITIONS = ("direct", "gold", "autoicl-gen", "autoicl-ret", "gold-near", "autoicl-ret-near")
 GOLD_START = 500_000  # train-split scenes for gold demonstrations start here, the pool at POOL_START
 POOL_START = 600_000
 
@@ -89,20 +92,24 @@ def gold_demos(eval_set: str, shift: Shift, n: int) -> list[Demo]:
     return demos
 
 
-def strategy(condition: str, eval_set: str, shift: Shift, icl_n: int, pool: int) -> Prompting:
+def strategy(condition: str, eval_set: str, shift: Shift, args) -> Prompting:
     if condition == "direct":
         return Prompting("direct")
     if condition == "gold":
-        return Prompting("fewshot", gold_demos(eval_set, shift, icl_n))
-    prompting = Prompting("autoicl", n=icl_n)
-    if condition == "autoicl-ret":
-        prompting.set_pool(shift.pictures([scene_for("train", POOL_START + i) for i in range(pool)]))
+        return Prompting("fewshot", gold_demos(eval_set, shift, args.icl_n))
+    if condition == "gold-near":
+        return Prompting("fewshot", gold_demos(eval_set, shift, args.gold_pool), n=args.icl_n, select="similar")
+    near = condition == "autoicl-ret-near"
+    prompting = Prompting("autoicl", n=args.icl_n, select="similar" if near else "fixed")
+    if condition.startswith("autoicl-ret"):
+        size = args.near_pool if near else args.pool
+        prompting.set_pool(shift.pictures([scene_for("train", POOL_START + i) for i in range(size)]))
     return prompting
 
 
 def row(model: LatentLMForICL, eval_set: str, shift: Shift, condition: str, args) -> dict:
     """One row: every query of the set under the condition; accuracy and cost per query."""
-    prompting = strategy(condition, eval_set, shift, args.icl_n, args.pool)
+    prompting = strategy(condition, eval_set, shift, args)
     right, calls, kept, looked = 0, 0, 0, 0
     start = time.perf_counter()
     queries = items(eval_set, shift, args.split, args.n)
@@ -138,6 +145,8 @@ def main() -> None:
     p.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     p.add_argument("--icl-n", type=int, default=3, help="Demonstrations per query (AutoICL's N, gold's too).")
     p.add_argument("--pool", type=int, default=24, help="Unlabelled pictures in the retrieving pool.")
+    p.add_argument("--gold-pool", type=int, default=64, help="True demonstrations per task that gold-near picks from.")
+    p.add_argument("--near-pool", type=int, default=96, help="Unlabelled pictures that autoicl-ret-near picks from.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Diffusion steps of AutoICL's drawings.")
     p.add_argument("--json", type=Path, default=None, help="Also write every figure here.")

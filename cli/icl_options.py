@@ -3,6 +3,7 @@
     latentlm ask scene.png "what colour is the circle?" --icl auto                  # AutoICL, generating
     latentlm ask scene.png "what colour is the circle?" --icl auto --icl-pool pics/ # AutoICL, retrieving
     latentlm caption scene.png --icl fewshot --icl-demos demos.json                 # given demonstrations
+    latentlm caption scene.png --icl fewshot --icl-demos demos.json --icl-select similar  # the 3 nearest
 
 `--icl-demos` is a JSON list of `{"image": PATH, "prompt": TEXT, "answer": TEXT}` (reading) or
 `{"image": PATH, "caption": TEXT}` (drawing), paths relative to the file. `--icl-pool` is a folder of
@@ -28,6 +29,7 @@ class ICLChoice:
     mode: str | None  # a key of ICL_MODES; None: not given (direct, or a workflow file's `prompting:`)
     demos: Path | None = None
     pool: Path | None = None
+    select: str = "fixed"
 
     def session_kwargs(self) -> dict:
         """Keyword arguments of `Session` for this choice (demonstrations loaded and checked)."""
@@ -38,7 +40,9 @@ class ICLChoice:
             raise LatentLMError("--icl-demos is for --icl fewshot")
         if self.pool is not None and self.mode != "auto":
             raise LatentLMError("--icl-pool is for --icl auto (its retrieving mode)")
-        out: dict = {"prompting": ICL_MODES[self.mode or "direct"]}
+        if self.select != "fixed" and self.mode not in ("fewshot", "auto"):
+            raise LatentLMError("--icl-select is for --icl fewshot or --icl auto")
+        out: dict = {"prompting": ICL_MODES[self.mode or "direct"], "icl_select": self.select}
         if self.demos is not None:
             out["demonstrations"] = read_demonstrations(self.demos)
         return out
@@ -79,10 +83,10 @@ def read_demonstrations(path: Path) -> list[tuple]:
 
 
 def icl_options(command):
-    """Add --icl, --icl-demos and --icl-pool; the command gets them as one `icl: ICLChoice` argument."""
+    """Add --icl, --icl-demos, --icl-pool and --icl-select; the command gets them as one `icl: ICLChoice`."""
     @functools.wraps(command)
-    def wrapper(*args, icl: str, icl_demos: Path | None, icl_pool: Path | None, **kwargs):
-        return command(*args, icl=ICLChoice(icl, icl_demos, icl_pool), **kwargs)
+    def wrapper(*args, icl: str, icl_demos: Path | None, icl_pool: Path | None, icl_select: str, **kwargs):
+        return command(*args, icl=ICLChoice(icl, icl_demos, icl_pool, icl_select), **kwargs)
 
     options = [
         click.option("--icl", type=click.Choice(list(ICL_MODES)), default=None,
@@ -92,6 +96,9 @@ def icl_options(command):
                      help="--icl fewshot: a JSON list of {image, prompt, answer} (or {image, caption})."),
         click.option("--icl-pool", type=click.Path(path_type=Path), default=None,
                      help="--icl auto: a folder of unlabelled pictures to take demonstrations from (retrieving mode)."),
+        click.option("--icl-select", type=click.Choice(["fixed", "similar"]), default="fixed", show_default=True,
+                     help="--icl fewshot / auto with --icl-pool: the same demonstrations for every query of a task "
+                          "(fixed) or the 3 whose pictures are nearest the query's (similar)."),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -201,17 +201,23 @@ def train_baseline_cmd(config: Path, out: Path, resume: bool, max_minutes: float
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float16", show_default=True,
               help="Storage precision of the weights (loaded back as float32).")
 def export_cmd(source: str, out: Path, dtype: str) -> None:
-    """Re-save a trained LatentLM as a compact checkpoint folder (e.g. for shipping).
+    """Re-save a trained LatentLM, or a codec, as a compact checkpoint folder (e.g. for shipping).
 
     \b
     Example:
       latentlm export runs/shapes-tiny/final -o latentlm/pretrained/shapes-tiny
+      latentlm export runs/speech-vae-3/final -o latentlm/pretrained/codecs/speech-vae
     """
     import torch
 
+    from latentlm.checkpoint import is_codec_dir, load_codec, save_codec
     from latentlm.model import LatentLM
 
-    LatentLM.from_pretrained(source).save_pretrained(out, dtype=getattr(torch, dtype))
+    dtype_ = getattr(torch, dtype)
+    if is_codec_dir(source):
+        save_codec(load_codec(source), out, dtype_)
+    else:
+        LatentLM.from_pretrained(source).save_pretrained(out, dtype=dtype_)
     click.echo(str(out))
 
 

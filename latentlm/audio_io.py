@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from latentlm.atomic_write import atomic_write
 from latentlm.errors import LatentLMError
 
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -88,15 +89,9 @@ def save_audio(wav: np.ndarray, sample_rate: int, out: str | os.PathLike) -> Pat
     import soundfile
 
     out = check_audio_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        soundfile.write(str(tmp), np.clip(np.asarray(wav, dtype=np.float32), -1, 1), sample_rate,
-                        subtype="PCM_16", format=AUDIO_FORMATS[out.suffix.lower()])
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    data = np.clip(np.asarray(wav, dtype=np.float32), -1, 1)
+    atomic_write(out, lambda f: soundfile.write(f, data, sample_rate, subtype="PCM_16",
+                                                format=AUDIO_FORMATS[out.suffix.lower()]))
     return out
 
 

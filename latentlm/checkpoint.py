@@ -217,10 +217,23 @@ def save_codec(codec: nn.Module, directory: str | Path, dtype: torch.dtype | Non
     return Path(directory)
 
 
-def load_codec(directory: str | Path, verify: bool = True) -> nn.Module:
-    """Build the codec that `directory/config.json` describes and load its weights (checked when `verify`)."""
+def is_codec_dir(directory: str | Path) -> bool:
+    """Whether `directory` (a folder or shipped codec name) holds a codec rather than a model."""
     from latentlm.codecs import CODECS
 
+    try:
+        return read_config(resolve_codec(directory), verify=False).get("kind") in CODECS
+    except CheckpointError:
+        return False
+
+
+def load_codec(directory: str | Path, verify: bool = True) -> nn.Module:
+    """Build the codec that `directory/config.json` describes and load its weights (checked when `verify`).
+
+    `directory` may also name a shipped codec (`shipped_codecs()`, e.g. "speech-vae")."""
+    from latentlm.codecs import CODECS
+
+    directory = resolve_codec(directory)
     config = read_config(directory, verify)
     kind = config.pop("kind", None)
     if kind not in CODECS:
@@ -239,8 +252,28 @@ def load_codec(directory: str | Path, verify: bool = True) -> nn.Module:
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
+# Codecs shipped on their own (each met its own bar), apart from the models that hold a copy of theirs.
+SHIPPED_CODECS_DIR = PRETRAINED_DIR / "codecs"
+
+
 def shipped_models() -> list[str]:
     return sorted(p.name for p in PRETRAINED_DIR.glob("*") if (p / CONFIG_FILE).is_file())
+
+
+def shipped_codecs() -> list[str]:
+    return sorted(p.name for p in SHIPPED_CODECS_DIR.glob("*") if (p / CONFIG_FILE).is_file())
+
+
+def resolve_codec(name_or_path: str | os.PathLike) -> Path:
+    """A shipped codec name (latentlm/pretrained/codecs/NAME), else a codec checkpoint folder."""
+    name = str(name_or_path)
+    if "/" not in name and (SHIPPED_CODECS_DIR / name / CONFIG_FILE).is_file():
+        return SHIPPED_CODECS_DIR / name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"no codec {name!r}: not a folder, not a shipped codec "
+                              f"({', '.join(shipped_codecs()) or 'none'}); give a codec checkpoint folder")
+    return path
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:

@@ -261,6 +261,32 @@ def test_half_precision_save_reconstructs_closely(tmp_path, name):
         assert (half.reconstruct(x) - codec.reconstruct(x)).abs().max() < 0.05
 
 
+def test_export_writes_a_codec_in_half_precision(tmp_path):
+    from latentlm.cli.main import main
+
+    vae = tiny_vae()
+    vae.set_latent_stats(waves(2, 800), torch.Generator().manual_seed(0))
+    source = save_codec(vae, tmp_path / "trained")
+    main(["export", str(source), "-o", str(tmp_path / "shipped")])
+    half = load_codec(tmp_path / "shipped")
+    assert type(half) is AudioSigmaVAE and half.config == vae.config
+    assert {v.dtype for v in load_file(str(tmp_path / "shipped/model.safetensors")).values()} == {torch.float16}
+    x = waves(2, 1000)
+    with torch.no_grad():
+        assert (half.reconstruct(x) - vae.reconstruct(x)).abs().max() < 0.05
+
+
+def test_a_shipped_codec_loads_by_name_and_an_unknown_name_is_explained(tmp_path, monkeypatch):
+    import latentlm.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "SHIPPED_CODECS_DIR", tmp_path / "codecs")
+    save_codec(tiny_vae(), tmp_path / "codecs" / "speech-vae")
+    assert checkpoint.shipped_codecs() == ["speech-vae"]
+    assert type(load_codec("speech-vae")) is AudioSigmaVAE
+    with pytest.raises(CheckpointError, match=r"no codec 'speech-vea'.*shipped codec \(speech-vae\)"):
+        load_codec("speech-vea")
+
+
 @pytest.mark.parametrize("kind,change", [
     ("audio_sigma_vae", {"ratios": "eight"}),
     ("audio_sigma_vae", {"latent_dim": 1000}),

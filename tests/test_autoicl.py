@@ -259,11 +259,41 @@ def test_fewshot_uses_the_given_demonstrations_of_the_query_task():
     assert model.log[-1][2] == 0 and "no given demonstration" in out.info["note"]
 
 
+def test_similar_fewshot_takes_the_n_nearest_given_demonstrations_nearest_last():
+    from latentlm.workflows.demo_selection import nearest, picture_features
+
+    pictures = [render(scene_for("train", i).objects) for i in range(12)] + [QUERY_PICTURE.copy()]
+    given = [(p, "what colour is the circle?", f"answer {i}") for i, p in enumerate(pictures)]
+    order = nearest(QUERY_PICTURE, [picture_features(p) for p in pictures])
+    assert order[0] == 12 and sorted(order) == list(range(13))  # its own copy first; every index once
+    model = Scripted([])
+    out = Prompting("fewshot", given, n=3, select="similar").answer(model, colour_query(), seed=0)
+    assert [d.answer for d in out.kept] == [f"answer {i}" for i in reversed(order[:3])]
+    assert model.log == [("complete", "what colour is the circle?", 3)] and out.info["select"] == "similar"
+    fixed = Prompting("fewshot", given, n=3).answer(Scripted([]), colour_query(), seed=0)
+    assert len(fixed.kept) == 13  # a fixed prompt: every given demonstration of the task
+
+
+def test_similar_retrieving_looks_at_the_nearest_pool_pictures_and_labels_each_once():
+    model = Scripted([], {c: c.split()[2] for c in COLOURS})
+    pool = [model.picture(c) for c in COLOURS]
+    strategy = Prompting("autoicl", n=1, select="similar")
+    strategy.set_pool(pool)
+    query = question_query(pool[2].copy(), "what colour is the circle?")  # a copy: nearest is pool[2]
+    out = strategy.answer(model, query, seed=0)
+    assert [d.pool_index for d in out.kept] == [2] and out.info["select"] == "similar"
+    labelled = len(model.log)
+    again = strategy.answer(model, query, seed=0)
+    assert [d.pool_index for d in again.kept] == [2]
+    assert len(model.log) == labelled + 1  # the label is cached per (picture, task): only the answer is new
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"mode": "auto"}, "use one of direct, fewshot, autoicl"),
     ({"mode": "fewshot"}, "needs demonstrations"),
     ({"mode": "direct", "demonstrations": [(QUERY_PICTURE, "a red circle")]}, "are for prompting='fewshot'"),
     ({"mode": "autoicl", "n": 0}, "icl_n=0"),
+    ({"mode": "autoicl", "select": "nearest"}, "icl_select='nearest': use one of fixed, similar"),
     ({"mode": "fewshot", "demonstrations": [(QUERY_PICTURE,)]}, "a demonstration is"),
     ({"mode": "fewshot", "demonstrations": [("missing.png", "a red circle")]}, "does not exist"),
 ])

@@ -145,6 +145,7 @@ def test_cli_icl_errors_exit_2(tmp_path, capsys):
         (["caption", str(picture), "--icl-pool", str(tmp_path)], "--icl-pool is for --icl auto"),
         (["ground", str(picture), "the circle", "--icl", "auto", "--icl-pool", str(tmp_path / "none")], "no such"),
         (["run", "what colour is the circle?", "--image", str(picture), "--icl", "fewshot"], "needs --icl-demos"),
+        (["caption", str(picture), "--icl-select", "similar"], "--icl-select is for --icl fewshot or --icl auto"),
     ]:
         with pytest.raises(SystemExit) as e:
             main(args)
@@ -166,6 +167,12 @@ def test_cli_reads_with_demonstrations(tiny_model_dir, tmp_path):
     assert pool.exit_code == 0, pool.output
     icl = json.loads(pool.output.strip().splitlines()[-1])["steps"][0]["icl"]
     assert icl["mode"] == "retrieving" and icl["pool"] == 2  # the folder's pictures (d.png, s.png), not demos.json
+    near = CliRunner().invoke(cli, ["run", "how many shapes are there?", "--image", str(picture), "--model",
+                                    str(tiny_model_dir), "--icl", "auto", "--icl-pool", str(tmp_path), "--icl-select",
+                                    "similar", "--json"])
+    assert near.exit_code == 0, near.output
+    icl = json.loads(near.output.strip().splitlines()[-1])["steps"][0]["icl"]
+    assert icl["select"] == "similar" and icl["demonstrations"][-1]["pool_index"] == 1  # s.png: the query itself
 
 
 YAML = """name: t

@@ -176,10 +176,12 @@ def test_save_and_load_round_trip(tok, tmp_path):
         CodecLM.from_pretrained(folder)
 
 
-def test_the_config_matches_stage_6_in_size_data_and_budget():
-    """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as stages 6
-    and 6b train on (their batches that are not in-context, times the tts share of the mixture). The voice
-    prompt's form is each model's own (the baseline's is VALL-E's prefix)."""
+@pytest.mark.parametrize("stages", [("shapes-tiny-stage6.yaml", "shapes-tiny-stage6b.yaml"),
+                                    ("shapes-tiny-stage6c.yaml",)])
+def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
+    """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as the
+    speech stages train on (6 + 6b, or 6c in one schedule: their batches that are not in-context, times the
+    tts share of the mixture). The voice prompt's form is each model's own (the baseline's is VALL-E's prefix)."""
     from pathlib import Path
 
     import latentlm
@@ -190,7 +192,7 @@ def test_the_config_matches_stage_6_in_size_data_and_budget():
     configs = Path(latentlm.__file__).parent / "configs"
     valle = load_yaml_config(configs / "speech-valle.yaml", CodecLMTrainConfig)
     tts_examples = 0.0
-    for name in ("shapes-tiny-stage6.yaml", "shapes-tiny-stage6b.yaml"):
+    for name in stages:
         stage = load_yaml_config(configs / name, LMTrainConfig)
         assert valle.backbone == stage.backbone and valle.backbone.d_model == 256
         assert valle.speech.model_dump(exclude={"prompt_form"}) == stage.data.speech.model_dump(exclude={"prompt_form"})

@@ -22,6 +22,11 @@ Then the query is answered with the kept demonstrations in context, in the train
 Demonstrations are cached per (mode, task) within the strategy (so within a Session), as the paper
 amortises its plan over a data set; `cache=False` makes them afresh for every query.
 
+`select="similar"` (`workflows.demo_selection`) chooses, for a question about a picture, the given
+demonstrations (few-shot: the N of the query's task) or the pool pictures (retrieving: looked at from
+the nearest on) whose pictures are nearest the query's, the nearest placed last, right before the
+query. Retrieved labels are then cached per (pool picture, task) instead of per task.
+
 Every answer comes with a trace (`Outcome.record`): each demonstration (picture, question, answer,
 truth, kept or not and why), the final prompt, the model calls by kind and the seconds added.
 """
@@ -41,6 +46,7 @@ from latentlm.evaluation.scene_parser import parse_prompt
 from latentlm.grounding import parse_grounded
 from latentlm.images import load_image
 from latentlm.vocabulary import drawing_notes
+from latentlm.workflows.demo_selection import SELECTIONS, nearest, picture_features
 from latentlm.workflows.icl_model import Counted, ICLModel
 from latentlm.workflows.icl_tasks import (CAPTION, DRAW, UNKNOWN_QUESTION, Query, agrees, drawn_scene, example_for,
                                           fits, plain_answer, read_scene, same_scene, task_of_prompt)
@@ -133,26 +139,33 @@ class Prompting:
     """A prompting strategy and its demonstration cache (one per Session)."""
 
     def __init__(self, mode: str = "direct", demonstrations: Iterable[Any] | None = None, n: int = DEFAULT_N,
-                 cache: bool = True):
+                 cache: bool = True, select: str = "fixed"):
         if mode not in PROMPTINGS:
             raise LatentLMError(f"prompting={mode!r}: use one of {', '.join(PROMPTINGS)}")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 8:
             raise LatentLMError(f"icl_n={n!r}: use an integer from 1 to 8 (the model saw up to 3 demonstrations)")
         if not isinstance(cache, bool):
             raise LatentLMError(f"icl_cache={cache!r}: use True or False")
+        if select not in SELECTIONS:
+            raise LatentLMError(f"icl_select={select!r}: use one of {', '.join(SELECTIONS)}")
         given = [demonstration(d) for d in demonstrations or ()]
         if mode == "fewshot" and not given:
             raise LatentLMError("prompting='fewshot' needs demonstrations=[(picture, prompt, answer), ...]")
         if given and mode != "fewshot":
             raise LatentLMError(f"demonstrations are for prompting='fewshot', not {mode!r}")
-        self.mode, self.given, self.n, self.cache = mode, given, n, cache
+        self.mode, self.given, self.n, self.cache, self.select = mode, given, n, cache, select
+        self._given_features = [picture_features(d.picture) if d.picture is not None else None for d in given]
         self.pool: list[Image.Image] = []
+        self._pool_features: list = []
         self._cache: dict[tuple[str, str], list[Demo]] = {}
+        self._labels: dict[tuple[int, str], Demo] = {}  # select="similar": retrieved demos by (pool index, task)
 
     def set_pool(self, pictures: Sequence[Image.Image]) -> None:
         """Unlabelled pictures for retrieving mode (empty: generating mode); clears the cache."""
         self.pool = list(pictures)
+        self._pool_features = [picture_features(p) for p in self.pool] if self.select == "similar" else []
         self._cache.clear()
+        self._labels.clear()
 
     def answer(self, model: ICLModel, query: Query, seed: int) -> Outcome:
         """Answer `query` with this strategy; deterministic for a seed (given a deterministic model)."""
@@ -160,7 +173,7 @@ class Prompting:
         start = time.perf_counter()
         outcome = Outcome(None, query, self.mode, info={"seed": seed})
         if self.mode == "fewshot":
-            outcome.demos = [d for d in self.given if d.task == query.task]
+            outcome.demos = self._given_for(query, outcome.info)
             if not outcome.demos:
                 outcome.info["note"] = f"no given demonstration is of this task ({query.task}); answered directly"
         elif self.mode == "autoicl":
@@ -179,12 +192,32 @@ class Prompting:
                             seconds_answer=round(time.perf_counter() - start - added, 4))
         return outcome
 
+    def _near(self, query: Query) -> bool:
+        """Whether demonstrations are chosen by the query's picture (a question about a picture)."""
+        return self.select == "similar" and query.picture is not None
+
+    def _given_for(self, query: Query, info: dict) -> list[Demo]:
+        """The given demonstrations of the query's task: all of them, or the N nearest (nearest last)."""
+        index = [i for i, d in enumerate(self.given) if d.task == query.task]
+        if not self._near(query):
+            return [self.given[i] for i in index]
+        info["select"] = "similar"
+        order = nearest(query.picture, [self._given_features[i] for i in index], self.n)
+        return [self.given[index[j]] for j in reversed(order)]
+
     def _auto(self, model: Counted, query: Query, seed: int, info: dict) -> list[Demo]:
         mode = "retrieving" if self.pool else "generating"
         info.update(mode=mode, n=self.n)
         if query.task == UNKNOWN_QUESTION:
             info["note"] = "the question's kind is not one the model was trained on: answered directly"
             return []
+        if self.pool and self._near(query):
+            info["select"] = "similar"
+            labels = self._labels if self.cache else {}
+            info["labels_cached"] = len(labels)
+            order = nearest(query.picture, self._pool_features)
+            demos = retrieve(model, query.task, self.n, seed, self.pool, info, order=order, labels=labels)
+            return demos[::-1]  # the nearest last, right before the query
         key = (mode, query.task)
         if self.cache and key in self._cache:
             info["cache"] = "hit"
@@ -246,16 +279,27 @@ def _check_drawing(model: ICLModel, task: str, caption: str, picture: Image.Imag
                 "the answer disagrees with the caption", seed=s)
 
 
-def retrieve(model: ICLModel, task: str, n: int, seed: int, pool: Sequence[Image.Image], info: dict) -> list[Demo]:
-    """Retrieving mode: pool pictures, labelled by the model itself, kept when its readings agree."""
-    order = list(range(len(pool)))
-    random.Random(seed).shuffle(order)
+def retrieve(model: ICLModel, task: str, n: int, seed: int, pool: Sequence[Image.Image], info: dict,
+             order: Sequence[int] | None = None, labels: dict[tuple[int, str], Demo] | None = None) -> list[Demo]:
+    """Retrieving mode: pool pictures, labelled by the model itself, kept when its readings agree.
+
+    Pictures are looked at in a seeded order, or in `order`. With `labels`, a (picture, task) labelled
+    once is taken from there (its seed follows the picture, not its place in the order)."""
+    if order is None:
+        order = list(range(len(pool)))
+        random.Random(seed).shuffle(order)
     demos: list[Demo] = []
     for j, index in enumerate(order[:TRIES * n]):
         if sum(d.kept for d in demos) == n:
             break
-        demos.append(_label(model, task, pool[index], step_seed(seed, j + 1)))
-        demos[-1].pool_index = index
+        if labels is None:
+            demo = _label(model, task, pool[index], step_seed(seed, j + 1))
+        elif (index, task) in labels:
+            demo = labels[(index, task)]
+        else:
+            demo = labels[(index, task)] = _label(model, task, pool[index], step_seed(seed, index + 1))
+        demo.pool_index = index
+        demos.append(demo)
     info["pool"] = len(pool)
     return demos
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from latentlm.atomic_write import atomic_write
 from latentlm.audio_io import wav_bytes
 
 
@@ -111,23 +111,3 @@ class Result:
             atomic_write(d / "audio.wav", lambda f: f.write(data))
         atomic_write(d / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
         return d / "manifest.json"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(binary_file)` on a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files 0600; outputs get the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

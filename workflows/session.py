@@ -25,7 +25,8 @@ Prompting. `Session(prompting="direct")` (the default) reads and draws with the 
 `[(picture, caption), ...]` for drawing; those of the query's task are used) before the query.
 `prompting="autoicl"` lets the model make its own demonstrations first (`workflows/autoicl.py`):
 generating mode by default, retrieving mode after `icl_pool(pictures)`. `icl_n` demonstrations (3),
-cached per task kind unless `icl_cache=False`. A step prompted in context records its trace as
+cached per task kind unless `icl_cache=False`. `icl_select="similar"` picks, for a question about a picture,
+the given demonstrations or pool pictures nearest its picture (`workflows/demo_selection.py`). A step prompted in context records its trace as
 `Result.steps[i]["icl"]`; `Result.save` writes the demonstrations' pictures. Its seed is the step's.
 
 What the model knows. Before any step runs, the literal arguments are checked against what the model
@@ -78,6 +79,7 @@ class Session:
         steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, temperature: float = DEFAULT_TEMPERATURE,
         strict: bool = False, backbone: str | None = None, prompting: str = "direct",
         demonstrations: Iterable[Any] | None = None, icl_n: int = DEFAULT_N, icl_cache: bool = True,
+        icl_select: str = "fixed",
     ):
         if not isinstance(model, (str, LatentLM)):
             raise LatentLMError(f"model must be a name, a folder or a LatentLM, not {type(model).__name__}")
@@ -96,7 +98,7 @@ class Session:
         self.steps, self.cfg_scale, self.temperature = steps, float(cfg_scale), float(temperature)
         self.strict = strict
         self.memory = Memory()
-        self.icl = Prompting(prompting, demonstrations, icl_n, icl_cache)
+        self.icl = Prompting(prompting, demonstrations, icl_n, icl_cache, icl_select)
         self._given = self.icl.given  # kept for a return to "fewshot" after another prompting
         self._icl_seed: int = self.seed
         self._icl_outcome: Outcome | None = None
@@ -112,7 +114,8 @@ class Session:
         if mode == self.icl.mode:
             return  # keeps the demonstration cache
         pool = self.icl.pool
-        self.icl = Prompting(mode, self._given if mode == "fewshot" else None, self.icl.n, self.icl.cache)
+        self.icl = Prompting(mode, self._given if mode == "fewshot" else None, self.icl.n, self.icl.cache,
+                             self.icl.select)
         self.icl.set_pool(pool)
 
     def icl_pool(self, images: Iterable[ImageInput]) -> int:

@@ -51,7 +51,8 @@ from latentlm.audio_io import Sound, load_audio, wav_bytes
 from latentlm.errors import LatentLMError
 from latentlm.images import load_image
 from latentlm.workflows.registry import get
-from latentlm.workflows.result import Entity, atomic_write
+from latentlm.atomic_write import atomic_write
+from latentlm.workflows.result import Entity
 from latentlm.workflows.workflow_file import (FILE_KINDS, Ref, Template, WorkflowFile, load_workflow_file,
                                              target_kind)
 

@@ -6,6 +6,7 @@ factors are timings.
 
     .venv/bin/python benchmarks/speech.py --model runs/shapes-tiny-6/final --baseline runs/speech-valle/final
     .venv/bin/python benchmarks/speech.py --model M --baseline B --quick   # a smoke run: prints only
+    .venv/bin/python benchmarks/speech.py --codecs-only --vae speech-vae --tokenizer speech-encodec   # the codecs alone
 """
 from __future__ import annotations
 
@@ -131,16 +132,14 @@ class FirstCodebooks(nn.Module):
         return self.tokenizer.reconstruct(wav, self.n_q)
 
 
-def audio_codecs(ours, baseline) -> dict[str, tuple[nn.Module, float]]:
+def audio_codecs(vae: nn.Module, tok: nn.Module | None) -> dict[str, tuple[nn.Module, float]]:
     """The codecs compared, with their bits a second: the sigma-VAE as trained (fp16 latents) and rounded to
     the tokenizer's bitrates (10 bits a float = 8 codebooks, 5 bits = 4 codebooks at 50 frames a second)."""
-    vae = ours.codecs["audio"]
     codecs = {VAE_AS_TRAINED: (vae, codec_rates(vae)["bits_per_second"])}
     for bits in (10, 5):
         rounded = RoundedLatents(vae, bits)
         codecs[f"sigma-VAE, latents rounded to {bits} bits"] = (rounded, rounded.bits_per_second)
-    if baseline is not None:
-        tok = baseline.codecs["audio"]
+    if tok is not None:
         for n_q in (tok.n_q, tok.n_q // 2):
             codecs[f"EnCodec tokenizer, {n_q} codebooks"] = (FirstCodebooks(tok, n_q), tok.bitrate * n_q / tok.n_q)
     return codecs
@@ -190,7 +189,13 @@ def main() -> None:
     ap.add_argument("--codec-n", type=int, default=60, help="test utterances of the codec round trip")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 3 sentences, 2 settings; print, do not write BENCHMARKS.md")
+    ap.add_argument("--codecs-only", action="store_true", help="only the codec round trip of --vae and --tokenizer")
+    ap.add_argument("--vae", default="speech-vae", help="--codecs-only: the audio sigma-VAE (shipped name or folder)")
+    ap.add_argument("--tokenizer", default="speech-encodec", help="--codecs-only: the EnCodec tokenizer")
     args = ap.parse_args()
+    if args.codecs_only:
+        codecs_only(args)
+        return
     ours_sweep, base_sweep = (OUR_SWEEP[:2], BASELINE_SWEEP[:1]) if args.quick else (OUR_SWEEP, BASELINE_SWEEP)
     if args.quick:
         args.val_n = args.test_n = args.codec_n = 3
@@ -204,7 +209,8 @@ def main() -> None:
         temperature, base_text = choose_baseline(base_model, args.val_n, base_sweep)
         base = eval_tts(base_model, args.test_n, "test", temperature=temperature, top_k=DEFAULT_TOP_K, seed=0,
                         progress=False)
-    codec_rows = codec_round_trip(audio_codecs(ours_model, base_model), args.codec_n)
+    codec_rows = codec_round_trip(
+        audio_codecs(ours_model.codecs["audio"], base_model.codecs["audio"] if base_model else None), args.codec_n)
     results = [report_row("ours (LatentLM, sigma-VAE latents)", ours)]
     if base is not None:
         results.append(report_row("baseline (VALL-E style, EnCodec codes)", base))
@@ -240,6 +246,28 @@ Reproduce: `.venv/bin/python benchmarks/speech.py --model {args.model} --baselin
     print(json.dumps({"ours": ours, "baseline": base, "codecs": codec_rows}, indent=1, default=str)[:3000])
     if not args.quick:
         write_section("speech", body)
+
+
+def codecs_only(args) -> None:
+    """The two codecs' round trip on the test split (no choice is made from it), into BENCHMARKS.md "speech-codecs"."""
+    from latentlm.checkpoint import load_codec
+
+    n = 3 if args.quick else args.codec_n
+    rows = codec_round_trip(audio_codecs(load_codec(args.vae), load_codec(args.tokenizer)), n)
+    body = f"""## Speech codecs: the sigma-VAE against the EnCodec tokenizer at equal bitrates (issue 19)
+
+Machine: {machine()}.
+
+`{args.vae}` (12.5 latents a second x 32 floats, fp16, and its latents rounded to 10 and 5 bits a float) and
+`{args.tokenizer}` (50 frames a second x 8 codebooks of 1024, and its first 4), on the first {n} test
+utterances, measured once. Grammar-exact: pocketsphinx under the shapes grammar, on the shapes sentences.
+
+{table(["codec", "bits / s", "mel distance", "MCD-DTW (dB)", "grammar exact"], codec_table_rows(rows))}
+
+Reproduce: `.venv/bin/python benchmarks/speech.py --codecs-only --vae {args.vae} --tokenizer {args.tokenizer}`."""
+    print(body)
+    if not args.quick:
+        write_section("speech-codecs", body)
 
 
 if __name__ == "__main__":

@@ -177,10 +177,10 @@ def test_save_and_load_round_trip(tok, tmp_path):
 
 
 @pytest.mark.parametrize("stages", [("shapes-tiny-stage6.yaml", "shapes-tiny-stage6b.yaml"),
-                                    ("shapes-tiny-stage6c.yaml",)])
+                                    ("shapes-tiny-stage6c.yaml",), ("speech-tiny.yaml",)])
 def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
     """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as the
-    speech stages train on (6 + 6b, or 6c in one schedule: their batches that are not in-context, times the
+    speech stages train on (6 + 6b, 6c in one schedule, or the speech specialist: their batches that are not in-context, times the
     tts share of the mixture). The voice prompt's form is each model's own (the baseline's is VALL-E's prefix)."""
     from pathlib import Path
 
@@ -197,7 +197,8 @@ def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
         assert valle.backbone == stage.backbone and valle.backbone.d_model == 256
         assert valle.speech.model_dump(exclude={"prompt_form"}) == stage.data.speech.model_dump(exclude={"prompt_form"})
         tasks, train = stage.data.tasks, stage.train
-        plain_batches = train.last_step - train.last_step // stage.data.icl.every
+        every = stage.data.icl.every
+        plain_batches = train.last_step - (train.last_step // every if every else 0)
         tts_examples += plain_batches * train.batch_size * tasks["tts"] / sum(tasks.values())
     assert valle.train.steps * valle.train.batch_size == pytest.approx(tts_examples)
 

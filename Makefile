@@ -32,8 +32,9 @@ test-fast: $(STAMP)
 ## Stages 1-2 draw; stage 3 adds reading pictures (captions, questions, grounding), stage 4 more of it,
 ## stage 5 boxed answers and in-context batches, stages 5b-5i reasoned spatial and colour answers (5j, 5k and 5m,
 ## branches, are measured experiments: BENCHMARKS.md), stage 5l grows the backbone to 6 blocks, 5n draws longer;
-## the speech sigma-VAE and stage 6 add text-to-speech.
-## The shipped weights are stage 5n's (they draw and read); stage 6's add speech once it meets its bars.
+## the speech sigma-VAE (shipped on its own as codecs/speech-vae) and stage 6c add text-to-speech (6c is stages
+## 6 + 6b, measured in BENCHMARKS.md, in one schedule); the EnCodec tokenizer (codecs/speech-encodec) serves
+## the codec-token baseline. The shipped model is stage 5n's (it draws and reads); 6c's adds speech once it meets its bars.
 shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train-tokenizer -o runs/shapes-tiny/tokenizer.model
 	$(BIN)/latentlm train-codec latentlm/configs/shapes-tiny-vae.yaml -o runs/vae
@@ -55,8 +56,10 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae.yaml -o runs/speech-vae
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae-2.yaml -o runs/speech-vae-2
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae-3.yaml -o runs/speech-vae-3
-	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6.yaml -o runs/shapes-tiny-6
-	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6b.yaml -o runs/shapes-tiny-6b
+	$(BIN)/latentlm export runs/speech-vae-3/final -o latentlm/pretrained/codecs/speech-vae
+	$(BIN)/latentlm train-codec latentlm/configs/speech-encodec.yaml -o runs/speech-encodec
+	$(BIN)/latentlm export runs/speech-encodec/final -o latentlm/pretrained/codecs/speech-encodec
+	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6c.yaml -o runs/shapes-tiny-6c
 
 ## Measure and write BENCHMARKS.md (the machine should be idle).
 bench: $(STAMP)

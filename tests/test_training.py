@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_tiny_lm_config
-from latentlm.errors import ConfigError
+from latentlm.errors import CheckpointError, ConfigError
 from latentlm.generation import generate_images
 from latentlm.training.lm import train_lm
 from latentlm.model import LatentLM
@@ -110,4 +110,10 @@ def test_init_from_starts_a_second_stage_from_saved_weights(tiny_lm_config, tiny
 
     config.backbone = config.backbone.model_copy(update={"d_model": 32})
     with pytest.raises(ConfigError, match="init_from: .* backbone differ"):
+        LatentLMTask(config, tmp_path)
+    config.init_from = "shapes-tiny"  # a shipped model by name: found, and its architecture checked
+    with pytest.raises(ConfigError, match=r"init_from: .*pretrained/shapes-tiny holds a model whose"):
+        LatentLMTask(config, tmp_path)
+    config.init_from = str(tmp_path / "no-such-run")
+    with pytest.raises(CheckpointError, match="no such folder"):
         LatentLMTask(config, tmp_path)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from latentlm.backbones import BackboneConfig, with_kind
-from latentlm.checkpoint import load_codec, load_weights, read_config
+from latentlm.checkpoint import load_codec, load_weights, read_config, resolve_checkpoint
 from latentlm.data.rendered import render_scenes, shapes_images
 from latentlm.config_io import load_yaml_config
 from latentlm.diffusion_head import DiffusionHeadConfig
@@ -173,7 +173,7 @@ class LatentLMTask:
         )
         self.model = LatentLM(model_config, self.tokenizer, codecs)
         if config.init_from:
-            self._init_from(Path(config.init_from), model_config)
+            self._init_from(resolve_checkpoint(config.init_from), model_config)  # a folder or a shipped name
         if config.trainable:
             self._freeze_all_but(config.trainable)
         self.mu = self._cached_means(Path(cache_dir) / "scene_means.pt")

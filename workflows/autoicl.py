@@ -154,7 +154,8 @@ class Prompting:
         if given and mode != "fewshot":
             raise LatentLMError(f"demonstrations are for prompting='fewshot', not {mode!r}")
         self.mode, self.given, self.n, self.cache, self.select = mode, given, n, cache, select
-        self._given_features = [picture_features(d.picture) if d.picture is not None else None for d in given]
+        self._given_features = [picture_features(d.picture) if d.picture is not None else None
+                                for d in given] if select == "similar" else []
         self.pool: list[Image.Image] = []
         self._pool_features: list = []
         self._cache: dict[tuple[str, str], list[Demo]] = {}

@@ -33,8 +33,7 @@ test-fast: $(STAMP)
 ## stage 5 boxed answers and in-context batches, stages 5b-5i reasoned spatial and colour answers (5j, 5k and 5m,
 ## branches, are measured experiments: BENCHMARKS.md), stage 5l grows the backbone to 6 blocks, 5n draws longer;
 ## the speech sigma-VAE (shipped on its own as codecs/speech-vae) and stage 6c add text-to-speech (6c is stages
-## 6 + 6b, measured in BENCHMARKS.md, in one schedule); the EnCodec tokenizer (codecs/speech-encodec) serves
-## the codec-token baseline. The shipped model is stage 5n's (it draws and reads); 6c's adds speech once it meets its bars.
+## 6 + 6b, measured in BENCHMARKS.md, in one schedule); the EnCodec tokenizer serves the codec-token baseline. The shipped model is stage 5n's (it draws and reads); 6c's adds speech once it meets its bars.
 shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train-tokenizer -o runs/shapes-tiny/tokenizer.model
 	$(BIN)/latentlm train-codec latentlm/configs/shapes-tiny-vae.yaml -o runs/vae
@@ -58,7 +57,6 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train-codec latentlm/configs/speech-vae-3.yaml -o runs/speech-vae-3
 	$(BIN)/latentlm export runs/speech-vae-3/final -o latentlm/pretrained/codecs/speech-vae
 	$(BIN)/latentlm train-codec latentlm/configs/speech-encodec.yaml -o runs/speech-encodec
-	$(BIN)/latentlm export runs/speech-encodec/final -o latentlm/pretrained/codecs/speech-encodec
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6c.yaml -o runs/shapes-tiny-6c
 
 ## Measure and write BENCHMARKS.md (the machine should be idle).

@@ -180,8 +180,9 @@ def test_save_and_load_round_trip(tok, tmp_path):
                                     ("shapes-tiny-stage6c.yaml",), ("speech-tiny.yaml",)])
 def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
     """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as the
-    speech stages train on (6 + 6b, 6c in one schedule, or the speech specialist: their batches that are not in-context, times the
-    tts share of the mixture). The voice prompt's form is each model's own (the baseline's is VALL-E's prefix)."""
+    speech stages train on (6 + 6b, 6c in one schedule, or the speech specialist: their batches that are
+    not in-context, times the tts share of the mixture). The voice prompt's form is each model's own (the
+    baseline's is VALL-E's prefix)."""
     from pathlib import Path
 
     import latentlm

@@ -25,9 +25,10 @@ Prompting. `Session(prompting="direct")` (the default) reads and draws with the 
 `[(picture, caption), ...]` for drawing; those of the query's task are used) before the query.
 `prompting="autoicl"` lets the model make its own demonstrations first (`workflows/autoicl.py`):
 generating mode by default, retrieving mode after `icl_pool(pictures)`. `icl_n` demonstrations (3),
-cached per task kind unless `icl_cache=False`. `icl_select="similar"` picks, for a question about a picture,
-the given demonstrations or pool pictures nearest its picture (`workflows/demo_selection.py`). A step prompted in context records its trace as
-`Result.steps[i]["icl"]`; `Result.save` writes the demonstrations' pictures. Its seed is the step's.
+cached per task kind unless `icl_cache=False`. `icl_select="similar"` picks, for a question about a
+picture, the given demonstrations or pool pictures nearest its picture (`workflows/demo_selection.py`).
+A step prompted in context records its trace as `Result.steps[i]["icl"]`; `Result.save` writes the
+demonstrations' pictures. Its seed is the step's.
 
 What the model knows. Before any step runs, the literal arguments are checked against what the model
 was trained on (`Workflow.notes`, from `latentlm.vocabulary`): each problem becomes a line of

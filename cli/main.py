@@ -108,7 +108,23 @@ _run_options = [
     click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="Stop (with a checkpoint) after this long; continue later with --resume."),
     click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+    click.option("--export-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Train nothing: export the run's newest checkpoint (its moving-average weights where the run "
+                      "keeps them) to this folder, to try a run mid-way. The run may be training meanwhile."),
 ]
+
+
+def check_export(export_to: Path | None, num_processes: int, run: Path) -> None:
+    """--export-to's errors, before any data or model work."""
+    if export_to is None:
+        return
+    from latentlm.training.checkpoints import checkpoints
+
+    if num_processes > 1:
+        raise click.UsageError("--export-to loads one checkpoint in one process: drop --num-processes")
+    if not checkpoints(run):
+        raise click.UsageError(f"--export-to: no checkpoint under {run / 'checkpoints'}; wait for the run's first "
+                               "save (train.save_every)")
 
 
 def run_options(f):
@@ -129,7 +145,7 @@ NUM_PROCESSES = click.option(
 @NUM_PROCESSES
 @NO_VERIFY
 def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool,
-                    num_processes: int) -> None:
+                    export_to: Path | None, num_processes: int) -> None:
     """Train a codec from a YAML config; its `kind` picks the codec and data.
 
     Kinds: image_sigma_vae (shapes scenes), audio_sigma_vae and encodec_tokenizer (speech crops).
@@ -143,8 +159,9 @@ def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | 
     from latentlm.training.codec import train_codec
     from latentlm.training.launch import is_main_process
 
+    check_export(export_to, num_processes, out)
     final = train_codec(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
-                        num_processes=num_processes)
+                        num_processes=num_processes, export_to=export_to)
     if is_main_process():
         click.echo(str(final))
 
@@ -156,7 +173,7 @@ def train_codec_cmd(config: Path, out: Path, resume: bool, max_minutes: float | 
 @NO_VERIFY
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Override the config's backbone kind.")
 def train_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool,
-              num_processes: int, backbone: str | None) -> None:
+              export_to: Path | None, num_processes: int, backbone: str | None) -> None:
     """Train a LatentLM from a YAML config (accelerate: CPU, DDP, FSDP, mixed precision).
 
     \b
@@ -164,12 +181,14 @@ def train_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, 
       latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny
       latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny --resume
       latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny --num-processes 2
+      latentlm train latentlm/configs/shapes-tiny.yaml -o runs/shapes-tiny --export-to runs/probe
     """
     from latentlm.training.launch import is_main_process
     from latentlm.training.lm import train_lm
 
+    check_export(export_to, num_processes, out)
     final = train_lm(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
-                     backbone=backbone, num_processes=num_processes)
+                     backbone=backbone, num_processes=num_processes, export_to=export_to)
     if is_main_process():
         click.echo(str(final))
 
@@ -180,7 +199,7 @@ def train_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, 
 @NUM_PROCESSES
 @NO_VERIFY
 def train_baseline_cmd(config: Path, out: Path, resume: bool, max_minutes: float | None, no_progress: bool,
-                       num_processes: int) -> None:
+                       export_to: Path | None, num_processes: int) -> None:
     """Train the codec-token TTS baseline (VALL-E style: AR over codebook 1, NAR over the rest) on EnCodec codes.
 
     \b
@@ -190,8 +209,9 @@ def train_baseline_cmd(config: Path, out: Path, resume: bool, max_minutes: float
     """
     from latentlm.training.codec_lm import train_codec_lm
 
+    check_export(export_to, num_processes, out)
     click.echo(str(train_codec_lm(config, out, resume=resume, max_minutes=max_minutes, progress=not no_progress,
-                                  num_processes=num_processes)))
+                                  num_processes=num_processes, export_to=export_to)))
 
 
 @cli.command("export")

@@ -282,3 +282,19 @@ def test_a_workflow_file_with_unknown_words_warns_and_records_it(capsys, tiny_mo
     assert line.startswith("warning: step 'draw': 'a cat sitting on a mat' has words the model never saw")
     warnings = json.loads((out / "manifest.json").read_text())["warnings"]
     assert len(warnings) == 1 and warnings[0] == line.removeprefix("warning: ")
+
+
+@pytest.mark.parametrize("command", ["train", "train-codec", "train-baseline"])
+def test_export_to_refuses_several_processes(capsys, tmp_path, command):
+    config = tmp_path / "any.yaml"
+    config.write_text("{}")
+    line = user_error(capsys, command, str(config), "-o", str(tmp_path / "run"), "--export-to",
+                      str(tmp_path / "probe"), "--num-processes", "2")
+    assert "--export-to" in line and "--num-processes" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_to_without_a_checkpoint_names_the_wait(capsys, tmp_path, tiny_t2i_config):
+    line = user_error(capsys, "train", tiny_t2i_config("probe", "steps: 2"), "-o", str(tmp_path / "run"),
+                      "--export-to", str(tmp_path / "probe"))
+    assert "no checkpoint" in line and "save_every" in line

@@ -43,3 +43,22 @@ def test_a_run_exports_the_average_and_resumes_it(tmp_path, tiny_t2i_config):
     changed = [k for k in a if k.startswith("diffusion.") and k in last and not torch.equal(last[k], a[k])]
     assert changed  # the export is the average, not the last step's weights
     assert (tmp_path / "whole" / "checkpoints" / "step_0000004" / "custom_checkpoint_0.pkl").is_file()
+
+
+def test_export_to_writes_the_newest_checkpoint_average_and_leaves_the_run_alone(tmp_path, tiny_t2i_config):
+    config = tiny_t2i_config("ema_probe", "steps: 4, ema_decay: 0.5")
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="--export-to: no checkpoint"):
+        train_lm(config, run, progress=False, export_to=tmp_path / "early")
+    train_lm(config, run, progress=False, stop_after=2)  # a run mid-way: checkpoint at step 2, no final/
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    probe = train_lm(config, run, progress=False, export_to=tmp_path / "probe")
+    assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+    from safetensors.torch import load_file
+
+    ema = torch.load(run / "checkpoints" / "step_0000002" / "custom_checkpoint_0.pkl", weights_only=False)
+    exported = LatentLM.from_pretrained(probe).state_dict()
+    for name, shadow in zip(ema["names"], ema["shadow"]):
+        assert torch.equal(exported[name], shadow)  # the average at step 2, not the raw weights
+    raw = load_file(run / "checkpoints" / "step_0000002" / "model.safetensors")
+    assert any(not torch.equal(raw[k], exported[k]) for k in raw if k in exported)

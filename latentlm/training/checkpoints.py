@@ -137,14 +137,16 @@ def _check_layout(ckpt: Path, meta: dict, world: int, sharded: bool) -> None:
                               f"{meta['world_size']} and train.distributed: {meta['distributed']}")
 
 
-def load_checkpoint(accelerator: Accelerator, run_dir: Path, seed: int, sharded: bool) -> int:
+def load_checkpoint(accelerator: Accelerator, run_dir: Path, seed: int, sharded: bool, flag: str = "--resume") -> int:
     """Restore the newest complete checkpoint (checked against its checksums first); returns its step.
 
     A process count other than the saved one is allowed for unsharded runs: the global batch is the same,
-    and a process with no saved RNG state seeds from (seed, step, rank)."""
+    and a process with no saved RNG state seeds from (seed, step, rank). `flag` names the option that asked,
+    in errors."""
     found = checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"--resume: no checkpoint under {Path(run_dir) / 'checkpoints'}; start without --resume")
+        hint = "start without --resume" if flag == "--resume" else "wait for the run's first save (train.save_every)"
+        raise CheckpointError(f"{flag}: no checkpoint under {Path(run_dir) / 'checkpoints'}; {hint}")
     last = found[-1]
     meta: dict = {}
 
@@ -161,12 +163,12 @@ def load_checkpoint(accelerator: Accelerator, run_dir: Path, seed: int, sharded:
     try:
         accelerator.load_state(str(last))
     except Exception as e:  # noqa: BLE001 - any unreadable part (pickle, safetensors, shapes) is one user error
-        raise CheckpointError(f"--resume: {last} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        raise CheckpointError(f"{flag}: {last} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                               "delete it to resume from an older one") from None
     step = int(meta["step"])
     if not (last / f"random_states_{rank}.pkl").is_file():
         set_seed(seed + 1_000_003 * step + rank)
     if accelerator.is_main_process:
         note = "" if meta["world_size"] == world else f" (saved by {meta['world_size']} process(es), now {world})"
-        print(f"resuming from {last}{note}", file=sys.stderr, flush=True)
+        print(f"{'resuming from' if flag == '--resume' else 'loading'} {last}{note}", file=sys.stderr, flush=True)
     return step

@@ -245,6 +245,26 @@ def _export(accelerator: Accelerator, task: TrainTask, model: nn.Module, templat
         raise error
 
 
+def export_newest(task: TrainTask, optim: OptimConfig, run_dir: Path, out: Path) -> Path:
+    """Export the newest checkpoint of `run_dir` to `out` as a model folder, with the run's moving-average
+    weights where it keeps them (as its final export would be), and return `out`.
+
+    For trying a run mid-way: it may still be training, so nothing in its folder is written or removed
+    (no leftover cleanup, no metrics truncation). One process."""
+    if process_state().num_processes > 1:
+        raise ConfigError("--export-to runs in one process: drop --num-processes")
+    if out.resolve() == (run_dir / "final").resolve():
+        raise ConfigError(f"--export-to {out}: that is the run's own final folder; choose another")
+    set_seed(optim.seed)
+    accelerator, model, _, _, template = _prepare(task, optim, 1)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    ema = _ema(accelerator, model, optim, sharded)
+    load_checkpoint(accelerator, run_dir, optim.seed, sharded, flag="--export-to")
+    with ema.applied(accelerator.unwrap_model(model).model) if ema is not None else nullcontext():
+        _export(accelerator, task, model, template, sharded, out)
+    return out
+
+
 def _prepare(task: TrainTask, optim: OptimConfig, world: int):
     """The accelerator and the prepared model (with the task's loss as its forward), optimizer and scheduler;
     under FSDP also the main process's unsharded copy of the model, for the export."""
@@ -287,13 +307,17 @@ def train(
     stop_after: int | None = None,
     max_minutes: float | None = None,
     progress: bool = True,
+    export_to: str | Path | None = None,
 ) -> Path:
     """Train `task.model` to `optim.last_step`, then export it to `run_dir/final`; returns that path.
 
     `stop_after` and `max_minutes` end this invocation early (with a checkpoint) so that a long run
-    can continue later with `resume=True`. Under a launcher every process calls this.
+    can continue later with `resume=True`. `export_to` trains nothing: it exports the run's newest
+    checkpoint there (see `export_newest`). Under a launcher every process calls this.
     """
     run_dir = Path(run_dir)
+    if export_to is not None:
+        return export_newest(task, optim, run_dir, Path(export_to))
     if run_dir.exists() and checkpoints(run_dir) and not resume:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another directory")
     state = process_state()

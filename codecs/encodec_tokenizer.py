@@ -32,7 +32,15 @@ differed by ~0.05 % of their norm even after 30 steps), and each optimiser step 
 the whole frame cloud, by ~100 times its width, which no EMA codebook can follow. Standardising removes the drift and
 gives the frames unit spread. Optionally the quantizer is also bypassed for the first
 `quantizer_warmup` training batches (the decoder reconstructs from the continuous latent, penalty 0,
-codebooks untouched); k-means then initialises on the first batch after it. `train_batches` (a buffer
+codebooks untouched); k-means then initialises on the first batch after it.
+
+`restore_scale` undoes the standardisation after the quantizer: the decoder gets the quantized latent at
+the encoder's own scale and offset (the batch's statistics in training, the running ones in eval), i.e.
+the encoder's output plus the quantization error in its units. The quantizer still works on unit-spread
+frames. This lets the tokenizer start from a trained audio sigma-VAE of the same SEANet (`from_sigma_vae`),
+whose decoder knows the encoder's unstandardised latent: trained from scratch, this tokenizer's objective
+learnt far more slowly than the sigma-VAE's on the same SEANet (training mel distance 1.34 against 0.90
+after 1500 steps; BENCHMARKS, "Speech codecs"). `train_batches` (a buffer
 saved with the weights, so a resumed run continues the count) counts the training-mode loss calls.
 
 Small-data settings: a batch of 4 x 1.5 s crops holds ~300 frames for 1024 codes (~0.3 uses per code
@@ -74,6 +82,7 @@ class EncodecTokenizerConfig:
     dead_code_steps: int = 20  # a code unused for this many training steps is re-seeded from the batch (0: never)
     quantizer_warmup: int = 0  # training batches that bypass the quantizer before k-means initialises it
     penalty_weight: float = 1.0  # weight of the commitment penalty
+    restore_scale: bool = False  # the decoder gets the quantized latent at the encoder's scale (see the module doc)
     stft_weight: float = 1.0
     mel_weight: float = 1.0
     l1_weight: float = 0.1
@@ -137,7 +146,28 @@ class EncodecTokenizer(_AudioSEANetCodec):
 
     def embed(self, wav: Tensor) -> Tensor:
         """The unquantized, standardised encoder output: [B, T] -> [B, dimension, N]."""
-        return self.latent_norm(self.encoder(pad_to_hop(as_waves(wav), self.hop_length)[:, None]))
+        return self.latent_norm(self._encode_raw(wav))
+
+    def _encode_raw(self, wav: Tensor) -> Tensor:
+        return self.encoder(pad_to_hop(as_waves(wav), self.hop_length)[:, None])  # [B, D, N]
+
+    def _spread(self, raw: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The standardisation's (mean, std) per channel, [1, D, 1] each: of `raw` [B, D, N] in training (as the
+        BatchNorm computes them), the running ones otherwise."""
+        norm = self.latent_norm
+        if self.training and raw is not None:
+            mean, var = raw.mean((0, 2)), raw.var((0, 2), unbiased=False)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        return mean[None, :, None], (var + norm.eps).sqrt()[None, :, None]
+
+    def _decoder_input(self, quantized: Tensor, raw: Tensor | None = None) -> Tensor:
+        """What the decoder reads from the quantized standardised latent [B, D, N]: itself, or with
+        `restore_scale` back at the encoder's scale."""
+        if not self.config.restore_scale:
+            return quantized
+        mean, std = self._spread(raw)
+        return quantized * std + mean
 
     def encode_batch(self, wav: Tensor, n_q: int | None = None) -> Tensor:
         """Codes of a batch: [B, T] or [B, 1, T] -> int64 [B, n_q, N], values in [0, bins)."""
@@ -161,13 +191,29 @@ class EncodecTokenizer(_AudioSEANetCodec):
         self._check_n_q(c.shape[1])
         if c.dtype.is_floating_point or c.min() < 0 or c.max() >= self.bins:
             raise ValueError(f"codes must be integers in [0, {self.bins})")
-        wav = self.decoder(self.quantizer.decode(c.transpose(0, 1).long()))[:, 0]
+        wav = self.decoder(self._decoder_input(self.quantizer.decode(c.transpose(0, 1).long())))[:, 0]
         return wav[0] if single else wav
 
     def reconstruct(self, wav: Tensor, n_q: int | None = None) -> Tensor:
         """decode(encode(wav)) cropped to the input length: [B, T] -> [B, T]."""
         x = as_waves(wav)
         return self.decode(self.encode_batch(x, n_q))[:, : x.shape[-1]]
+
+    def load_seanet(self, vae: nn.Module) -> None:
+        """Take the encoder and decoder of a trained audio sigma-VAE with the same SEANet (ratios, widths,
+        latent width = `dimension`); needs `restore_scale`, as that decoder reads unstandardised latents."""
+        c, v = self.config, vae.config
+        if not c.restore_scale:
+            raise ValueError("starting from a sigma-VAE needs codec.restore_scale: true (its decoder reads the "
+                             "encoder's unstandardised latent)")
+        fields = ("ratios", "n_filters", "n_residual_layers", "lstm", "norm", "causal", "sample_rate")
+        differ = [f"{f} {getattr(v, f)} vs {getattr(c, f)}" for f in fields if getattr(v, f) != getattr(c, f)]
+        if v.latent_dim != c.dimension:
+            differ.append(f"latent_dim {v.latent_dim} vs dimension {c.dimension}")
+        if differ:
+            raise ValueError(f"the sigma-VAE's SEANet differs from this tokenizer's: {', '.join(differ)}")
+        self.encoder.load_state_dict(vae.encoder.state_dict())
+        self.decoder.load_state_dict(vae.decoder.state_dict())
 
     def _quantize_train(self, emb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Training-mode RVQ over [B, D, N]: (straight-through quantized [B, D, N], codes [n_q, B, N],
@@ -216,7 +262,8 @@ class EncodecTokenizer(_AudioSEANetCodec):
         In training mode the codebooks update (EMA) as a side effect; in eval mode the codes come from the
         frozen codebooks and the penalty is their commitment distance."""
         x = as_waves(wav)
-        emb = self.embed(x)
+        raw = self._encode_raw(x)  # [B, D, N]
+        emb = self.latent_norm(raw)
         if self.training:
             self.train_batches += 1
         if self.training and self.train_batches <= self.config.quantizer_warmup:
@@ -228,7 +275,10 @@ class EncodecTokenizer(_AudioSEANetCodec):
             codes = self.quantizer.vq.encode(emb)
             quantized = self.quantizer.decode(codes)
             penalty = torch.nn.functional.mse_loss(quantized, emb)
-        recon = self.decoder(quantized)[:, 0, : x.shape[-1]]
+        decoder_in = quantized
+        if self.config.restore_scale:  # the encoder's output plus the quantization error, in its units
+            decoder_in = raw + (self._decoder_input(quantized, raw) - raw).detach()
+        recon = self.decoder(decoder_in)[:, 0, : x.shape[-1]]
         total, logs = self._reconstruction(recon, x)
         perplexity = 0.0  # effective number of codes in use in codebook 1 (0 while the quantizer warms up)
         if codes is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -313,7 +314,9 @@ def test_registered_kinds():
 
 @pytest.mark.parametrize("name,kind,fps", [("speech-vae", "audio_sigma_vae", 12.5), ("speech-vae-2", "audio_sigma_vae", 12.5),
                                            ("speech-vae-3", "audio_sigma_vae", 12.5),
-                                           ("speech-encodec", "encodec_tokenizer", 50)])
+                                           ("speech-encodec", "encodec_tokenizer", 50),
+                                           ("speech-encodec-pre", "audio_sigma_vae", 50),
+                                           ("speech-encodec-2", "encodec_tokenizer", 50)])
 def test_shipped_configs_validate(name, kind, fps):
     from latentlm.training.codec import AUDIO_KINDS
     from pathlib import Path
@@ -468,8 +471,57 @@ def test_init_from_starts_a_codec_run_from_trained_weights(tmp_path):
                                              "data": data, "init_from": str(trained)})
     with pytest.raises(ConfigError, match="init_from: .* another architecture"):
         AudioCodecTask(wider, tmp_path, progress=False)
-    other_kind = CodecTrainConfig.model_validate({"kind": "encodec_tokenizer", "codec": {"ratios": [4, 4], "n_filters": 4,
-                                                  "dimension": 8, "n_q": 2, "bins": 64}, "data": data,
+    tokenizer = {"ratios": [4, 4], "n_filters": 4, "dimension": 8, "n_q": 2, "bins": 64}
+    unrestored = CodecTrainConfig.model_validate({"kind": "encodec_tokenizer", "codec": tokenizer, "data": data,
                                                   "init_from": str(trained)})
-    with pytest.raises(ConfigError, match="holds a AudioSigmaVAE, not a EncodecTokenizer"):
+    with pytest.raises(ConfigError, match="init_from: .*restore_scale: true"):
+        AudioCodecTask(unrestored, tmp_path, progress=False)
+    narrower = CodecTrainConfig.model_validate({"kind": "encodec_tokenizer", "data": data, "init_from": str(trained),
+                                                "codec": tokenizer | {"dimension": 4, "restore_scale": True}})
+    with pytest.raises(ConfigError, match="latent_dim 8 vs dimension 4"):
+        AudioCodecTask(narrower, tmp_path, progress=False)
+    import latentlm
+
+    image = Path(latentlm.__file__).parent / "pretrained" / "shapes-tiny" / "image_codec"
+    other_kind = CodecTrainConfig.model_validate({"kind": "encodec_tokenizer", "codec": tokenizer, "data": data,
+                                                  "init_from": str(image)})
+    with pytest.raises(ConfigError, match="holds a ImageSigmaVAE, not a EncodecTokenizer"):
         AudioCodecTask(other_kind, tmp_path, progress=False)
+
+
+def test_a_tokenizer_starts_from_a_sigma_vae_and_restores_its_scale(tmp_path):
+    """With `restore_scale` the tokenizer's decoder reads the encoder's own units, so a sigma-VAE's SEANet
+    taken over whole reconstructs through the unquantized path exactly as the sigma-VAE does; training
+    then runs with the quantizer in between."""
+    vae = tiny_vae()
+    tok = tiny_tokenizer(restore_scale=True, n_q=2, bins=64)
+    tok.load_seanet(vae)
+    x = waves(4, 2048)
+    tok.train()
+    with torch.no_grad():
+        for _ in range(30):  # running statistics of the standardisation settle on this batch
+            tok.latent_norm(tok._encode_raw(x))
+    tok.eval()
+    with torch.no_grad():
+        through = tok.decoder(tok._decoder_input(tok.embed(x)))[:, 0, : x.shape[-1]]
+        assert torch.allclose(through, vae.reconstruct(x), atol=1e-4)
+        coded = tok.reconstruct(x)  # quantized: near, not equal
+    assert coded.shape == x.shape and torch.isfinite(coded).all()
+    tok.train()
+    loss, logs = tok.loss(x)
+    loss.backward()
+    assert torch.isfinite(loss) and tok.encoder.model[0].conv.conv.weight_v.grad.abs().sum() > 0
+    plain = tiny_tokenizer(n_q=2, bins=64)
+    with pytest.raises(ValueError, match="restore_scale"):
+        plain.load_seanet(vae)
+
+
+def test_the_tokenizer_config_takes_the_pretrained_seanet_whole():
+    """speech-encodec-2.yaml starts from speech-encodec-pre.yaml's sigma-VAE: the same SEANet."""
+    import latentlm
+
+    configs = Path(latentlm.__file__).parent / "configs"
+    pre = load_yaml_config(configs / "speech-encodec-pre.yaml", CodecTrainConfig)
+    tok = load_yaml_config(configs / "speech-encodec-2.yaml", CodecTrainConfig)
+    assert tok.init_from.endswith("speech-encodec-pre/final")
+    EncodecTokenizer(tok.codec_config()).load_seanet(AudioSigmaVAE(pre.codec_config()))  # no mismatch

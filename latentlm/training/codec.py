@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from latentlm.checkpoint import load_codec, save_codec
-from latentlm.codecs import CODECS, ImageSigmaVAE, SigmaVAEConfig
+from latentlm.codecs import CODECS, AudioSigmaVAE, EncodecTokenizer, ImageSigmaVAE, SigmaVAEConfig
 from latentlm.config_io import load_yaml_config
 from latentlm.errors import ConfigError
 from latentlm.data.rendered import shapes_images
@@ -105,6 +105,12 @@ def start_from(model: nn.Module, init_from: str | None) -> nn.Module:
     if not init_from:
         return model
     saved = load_codec(init_from)
+    if isinstance(saved, AudioSigmaVAE) and isinstance(model, EncodecTokenizer):  # its SEANet only
+        try:
+            model.load_seanet(saved)
+        except ValueError as e:
+            raise ConfigError(f"init_from: {init_from}: {e}") from None
+        return model
     if type(saved) is not type(model):
         raise ConfigError(f"init_from: {init_from} holds a {type(saved).__name__}, not a {type(model).__name__}; "
                           "start from a codec of this config's kind")

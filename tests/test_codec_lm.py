@@ -177,7 +177,7 @@ def test_save_and_load_round_trip(tok, tmp_path):
 
 
 @pytest.mark.parametrize("stages", [("shapes-tiny-stage6.yaml", "shapes-tiny-stage6b.yaml"),
-                                    ("shapes-tiny-stage6c.yaml",), ("speech-tiny.yaml",)])
+                                    ("shapes-tiny-stage6c.yaml",), ("speech-tiny.yaml",), ("speech-tiny-m.yaml",)])
 def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
     """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as the
     speech stages train on (6 + 6b, 6c in one schedule, or the speech specialist: their batches that are
@@ -196,7 +196,8 @@ def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
     for name in stages:
         stage = load_yaml_config(configs / name, LMTrainConfig)
         assert valle.backbone == stage.backbone and valle.backbone.d_model == 256
-        assert valle.speech.model_dump(exclude={"prompt_form"}) == stage.data.speech.model_dump(exclude={"prompt_form"})
+        own = {"prompt_form", "target_noise"}  # the LatentLM's own choices
+        assert valle.speech.model_dump(exclude=own) == stage.data.speech.model_dump(exclude=own)
         tasks, train = stage.data.tasks, stage.train
         every = stage.data.icl.every
         plain_batches = train.last_step - (train.last_step // every if every else 0)

@@ -446,3 +446,35 @@ def test_workflow_files_check_sound_paths_and_keep_speech_out_of_text(tmp_path):
     with pytest.raises(WorkflowRunError, match="input 'voice' \\(default\\): .*not a sound file"):
         run_workflow_file(tmp_path / "say.yaml", model="shapes-tiny", out=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5, 1.0])
+def test_target_noise_scales_the_latent_noise_of_tts_examples(tmp_path, tiny_tokenizer_path, tiny_codec_dir, noise):
+    """data.speech.target_noise: 0 trains on the posterior means, 1 on z = mu + sigma * eps, in between on
+    mu + noise * sigma * eps with the same draw."""
+    pytest.importorskip("espeakng_loader")
+    import random
+
+    from latentlm.checkpoint import save_codec
+    from latentlm.config_io import load_yaml_config
+    from latentlm.training.lm import LatentLMTask, LMTrainConfig
+
+    torch.manual_seed(0)
+    audio_dir = save_codec(AudioSigmaVAE(AudioSigmaVAEConfig(latent_dim=AUDIO_DIM, ratios=(8, 8, 5, 4), n_filters=2)),
+                           tmp_path / "audio_codec")
+    path = tmp_path / "speech.yaml"
+    path.write_text(f"""
+tokenizer: {tiny_tokenizer_path}
+codec: {tiny_codec_dir}
+audio_codec: {audio_dir}
+backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
+head: {{width: 32, depth: 1}}
+data: {{n_train: 4, tasks: {{tts: 1.0}}, speech: {{n_train: 3, voice_prompt: 0.0, target_noise: {noise}}}}}
+""")
+    task = LatentLMTask(load_yaml_config(path, LMTrainConfig), tmp_path)
+    codec = task.audio_codec
+    target = next(p for p in task._utterance(1, random.Random(0), torch.Generator().manual_seed(5)) if
+                  getattr(p, "target", False)).z
+    mu = task.speech.means[1][None]
+    drawn = codec.perturb(mu, torch.Generator().manual_seed(5))
+    assert torch.allclose(target, codec.normalize(mu + noise * (drawn - mu))[0], atol=1e-6)

@@ -38,6 +38,9 @@ class TTSDataConfig(BaseModel):
     voice_prompt: float = Field(0.5, ge=0, le=1)  # share of examples with a voice prompt
     max_prompt_seconds: float = Field(4.0, gt=0)  # prompts are whole utterances at most this long
     prompt_form: PromptForm = "prefix"  # where a voice prompt goes (the module doc); the model records it
+    # LatentLM only: scale of the sigma-VAE's noise on the speech latents it trains on (inputs and targets):
+    # 1 draws z = mu + sigma * eps as the codec was trained (LatentLM), 0 takes the posterior means mu.
+    target_noise: float = Field(1.0, ge=0, le=1)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -43,6 +43,14 @@ class CodecLMTrainConfig(BaseModel):
     max_audio_per_token: int = Field(16, ge=1)
     speech: TTSDataConfig = TTSDataConfig()
     train: OptimConfig = OptimConfig()
+
+    @field_validator("speech")
+    @classmethod
+    def _codes_have_no_noise(cls, speech: TTSDataConfig) -> TTSDataConfig:
+        if speech.target_noise != 1.0:
+            raise ValueError("speech.target_noise scales LatentLM's latent noise; the baseline's codes have none: "
+                             "drop it")
+        return speech
 
 
 @dataclass

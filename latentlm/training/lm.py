@@ -289,10 +289,12 @@ class LatentLMTask:
                 for j, (i, task) in enumerate(zip(idx.tolist(), tasks))]
 
     def _utterance(self, k: int, rng: random.Random, gen: torch.Generator):
-        """A TTS example of utterance k mod n (its latents drawn afresh: z = mu + sigma * eps)."""
+        """A TTS example of utterance k mod n (its latents drawn afresh: z = mu + target_noise * sigma * eps)."""
         codec, speech = self.audio_codec, self.config.data.speech
         i = k % len(self.speech)
-        target = codec.normalize(codec.perturb(self.speech.means[i][None], gen))[0]  # [T, D]
+        mu = self.speech.means[i][None]  # [1, T, D]
+        z = mu + speech.target_noise * (codec.perturb(mu, gen) - mu)  # the noise drawn either way: same streams
+        target = codec.normalize(z)[0]  # [T, D]
         return tts_sequence(self.speech, i, target, codec.normalize, self.tokenizer, rng, self.config.cfg_dropout,
                             speech.voice_prompt, speech.prompt_form)
 

@@ -316,7 +316,8 @@ def test_registered_kinds():
                                            ("speech-vae-3", "audio_sigma_vae", 12.5),
                                            ("speech-encodec", "encodec_tokenizer", 50),
                                            ("speech-encodec-pre", "audio_sigma_vae", 50),
-                                           ("speech-encodec-2", "encodec_tokenizer", 50)])
+                                           ("speech-encodec-2", "encodec_tokenizer", 50),
+                                           ("speech-encodec-3", "encodec_tokenizer", 50)])
 def test_shipped_configs_validate(name, kind, fps):
     from latentlm.training.codec import AUDIO_KINDS
     from pathlib import Path

@@ -484,15 +484,17 @@ def eval_t2i_cmd(model: str, n_single: int, n_pair: int, steps: int, cfg: float,
 @NO_VERIFY
 @click.option("--codec", "codec_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A codec checkpoint folder instead of --model.")
-@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Test items (default 256 pictures, 60 utterances).")
-def eval_codec_cmd(modality: str, model: str, codec_dir: Path | None, n: int | None) -> None:
-    """Reconstruction quality of a codec on the test split: PSNR of the image sigma-VAE; mel and MR-STFT
+@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Items (default 256 pictures, 60 utterances).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="test to report; val for choices.")
+def eval_codec_cmd(modality: str, model: str, codec_dir: Path | None, n: int | None, split: str) -> None:
+    """Reconstruction quality of a codec on held-out items: PSNR of the image sigma-VAE; mel and MR-STFT
     distances, rates and round-trip intelligibility (pocketsphinx, shapes grammar) of an audio codec.
 
     \b
     Example:
       latentlm eval codec --model shapes-tiny
-      latentlm eval codec --modality audio --codec runs/speech-vae/final
+      latentlm eval codec --modality audio --codec speech-vae --split val
     """
     from latentlm.checkpoint import load_codec
     from latentlm.model import LatentLM
@@ -509,11 +511,11 @@ def eval_codec_cmd(modality: str, model: str, codec_dir: Path | None, n: int | N
     if modality == "image":
         from latentlm.evaluation.codec import eval_codec
 
-        click.echo(json.dumps(eval_codec(codec, n or 256), indent=2))
+        click.echo(json.dumps(eval_codec(codec, n or 256, split), indent=2))
         return
     from latentlm.evaluation.audio_codec import eval_audio_codec, round_trip_intelligibility
 
-    report = eval_audio_codec(codec, n or 60) | round_trip_intelligibility(codec, n or 60)
+    report = eval_audio_codec(codec, n or 60, split) | round_trip_intelligibility(codec, n or 60, split)
     click.echo(json.dumps(report, indent=2))
 
 

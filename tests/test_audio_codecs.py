@@ -526,3 +526,16 @@ def test_the_tokenizer_config_takes_the_pretrained_seanet_whole():
     tok = load_yaml_config(configs / "speech-encodec-2.yaml", CodecTrainConfig)
     assert tok.init_from.endswith("speech-encodec-pre/final")
     EncodecTokenizer(tok.codec_config()).load_seanet(AudioSigmaVAE(pre.codec_config()))  # no mismatch
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_cli_eval_codec_measures_the_split_it_is_given(tmp_path, monkeypatch, capsys, split):
+    import latentlm.evaluation.audio_codec as audio_eval
+    from latentlm.cli.main import main
+
+    asked = []
+    monkeypatch.setattr(audio_eval, "eval_audio_codec", lambda codec, n, s: asked.append(("dist", n, s)) or {"mel": 1})
+    monkeypatch.setattr(audio_eval, "round_trip_intelligibility", lambda codec, n, s: asked.append(("asr", n, s)) or {})
+    folder = save_codec(tiny_vae(), tmp_path / "vae")
+    main(["eval", "codec", "--modality", "audio", "--codec", str(folder), "--n", "3", "--split", split])
+    assert asked == [("dist", 3, split), ("asr", 3, split)] and json.loads(capsys.readouterr().out) == {"mel": 1}

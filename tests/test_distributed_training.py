@@ -457,7 +457,8 @@ def test_num_processes_on_the_cli_launches(monkeypatch, tmp_path):
     monkeypatch.setattr(lm, "launch", lambda fn, args, kwargs, n: calls.append((fn, args, kwargs, n)) or "done")
     main(["train", "cfg.yaml", "-o", str(tmp_path / "run"), "--num-processes", "2", "--no-progress"])
     assert calls == [(lm.train_lm, (Path("cfg.yaml"), tmp_path / "run"),
-                      {"resume": False, "backbone": None, "max_minutes": None, "progress": False, "export_to": None}, 2)]
+                      {"resume": False, "backbone": None, "max_minutes": None, "progress": False,
+                       "export_to": None}, 2)]
 
 
 @pytest.mark.slow

@@ -231,16 +231,22 @@ def test_the_text_to_speech_workflow(tok, tmp_path):
         session.call("text-to-speech", text="a red circle", voice=str(tmp_path / "bad.wav"), voice_text="hi")
 
 
+def tiny_audio_codec_dir(tmp_path):
+    """A saved untrained speech sigma-VAE (12.5 Hz x AUDIO_DIM, 2 filters): a codec that speech stages can load."""
+    from latentlm.checkpoint import save_codec
+
+    torch.manual_seed(0)
+    codec = AudioSigmaVAE(AudioSigmaVAEConfig(latent_dim=AUDIO_DIM, ratios=(8, 8, 5, 4), n_filters=2))
+    return save_codec(codec, tmp_path / "audio_codec")
+
+
 def test_a_speech_stage_warm_starts_from_a_model_that_only_draws(tmp_path, tiny_tokenizer_path, tiny_codec_dir,
                                                                  tiny_model_dir):
     """init_from an image-only model: its weights carry over, the speech parts start fresh, tts trains."""
     pytest.importorskip("espeakng_loader")
-    from latentlm.checkpoint import save_codec
     from latentlm.training.lm import train_lm
 
-    torch.manual_seed(0)
-    audio_dir = save_codec(AudioSigmaVAE(AudioSigmaVAEConfig(latent_dim=AUDIO_DIM, ratios=(8, 8, 5, 4), n_filters=2)),
-                           tmp_path / "audio_codec")
+    audio_dir = tiny_audio_codec_dir(tmp_path)
     config = tmp_path / "speech.yaml"
     config.write_text(f"""
 tokenizer: {tiny_tokenizer_path}
@@ -455,13 +461,10 @@ def test_target_noise_scales_the_latent_noise_of_tts_examples(tmp_path, tiny_tok
     pytest.importorskip("espeakng_loader")
     import random
 
-    from latentlm.checkpoint import save_codec
     from latentlm.config_io import load_yaml_config
     from latentlm.training.lm import LatentLMTask, LMTrainConfig
 
-    torch.manual_seed(0)
-    audio_dir = save_codec(AudioSigmaVAE(AudioSigmaVAEConfig(latent_dim=AUDIO_DIM, ratios=(8, 8, 5, 4), n_filters=2)),
-                           tmp_path / "audio_codec")
+    audio_dir = tiny_audio_codec_dir(tmp_path)
     path = tmp_path / "speech.yaml"
     path.write_text(f"""
 tokenizer: {tiny_tokenizer_path}

@@ -32,16 +32,16 @@ differed by ~0.05 % of their norm even after 30 steps), and each optimiser step 
 the whole frame cloud, by ~100 times its width, which no EMA codebook can follow. Standardising removes the drift and
 gives the frames unit spread. Optionally the quantizer is also bypassed for the first
 `quantizer_warmup` training batches (the decoder reconstructs from the continuous latent, penalty 0,
-codebooks untouched); k-means then initialises on the first batch after it.
+codebooks untouched); k-means then initialises on the first batch after it. `train_batches` (a buffer
+saved with the weights, so a resumed run continues the count) counts the training-mode loss calls.
 
 `restore_scale` undoes the standardisation after the quantizer: the decoder gets the quantized latent at
 the encoder's own scale and offset (the batch's statistics in training, the running ones in eval), i.e.
 the encoder's output plus the quantization error in its units. The quantizer still works on unit-spread
-frames. This lets the tokenizer start from a trained audio sigma-VAE of the same SEANet (`from_sigma_vae`),
+frames. This lets the tokenizer start from a trained audio sigma-VAE of the same SEANet (`load_seanet`),
 whose decoder knows the encoder's unstandardised latent: trained from scratch, this tokenizer's objective
 learnt far more slowly than the sigma-VAE's on the same SEANet (training mel distance 1.34 against 0.90
-after 1500 steps; BENCHMARKS, "Speech codecs"). `train_batches` (a buffer
-saved with the weights, so a resumed run continues the count) counts the training-mode loss calls.
+after 1500 steps; BENCHMARKS, "Speech codecs").
 
 Small-data settings: a batch of 4 x 1.5 s crops holds ~300 frames for 1024 codes (~0.3 uses per code
 per batch), so the defaults use a faster EMA (`decay` 0.95 instead of 0.99, which tracks the quickly

@@ -59,6 +59,7 @@ shapes-tiny: $(STAMP)
 	$(BIN)/latentlm train-codec latentlm/configs/speech-encodec-pre.yaml -o runs/speech-encodec-pre
 	$(BIN)/latentlm train-codec latentlm/configs/speech-encodec-2.yaml -o runs/speech-encodec-2
 	$(BIN)/latentlm train-codec latentlm/configs/speech-encodec-3.yaml -o runs/speech-encodec-3
+	$(BIN)/latentlm export runs/speech-encodec-3/final -o latentlm/pretrained/codecs/speech-encodec
 	$(BIN)/latentlm train latentlm/configs/shapes-tiny-stage6c.yaml -o runs/shapes-tiny-6c
 
 ## Measure and write BENCHMARKS.md (the machine should be idle).

@@ -118,13 +118,11 @@ def check_export(export_to: Path | None, num_processes: int, run: Path) -> None:
     """--export-to's errors, before any data or model work."""
     if export_to is None:
         return
-    from latentlm.training.checkpoints import checkpoints
+    from latentlm.training.checkpoints import newest_checkpoint
 
     if num_processes > 1:
         raise click.UsageError("--export-to loads one checkpoint in one process: drop --num-processes")
-    if not checkpoints(run):
-        raise click.UsageError(f"--export-to: no checkpoint under {run / 'checkpoints'}; wait for the run's first "
-                               "save (train.save_every)")
+    newest_checkpoint(run, "--export-to")  # none yet: the same error as the trainer's, before any work
 
 
 def run_options(f):

@@ -137,17 +137,22 @@ def _check_layout(ckpt: Path, meta: dict, world: int, sharded: bool) -> None:
                               f"{meta['world_size']} and train.distributed: {meta['distributed']}")
 
 
+def newest_checkpoint(run_dir: Path, flag: str = "--resume") -> Path:
+    """The run's newest complete checkpoint, or an error naming `flag`, the option that asked for it."""
+    found = checkpoints(run_dir)
+    if not found:
+        hint = "start without --resume" if flag == "--resume" else "wait for the run's first save (train.save_every)"
+        raise CheckpointError(f"{flag}: no checkpoint under {Path(run_dir) / 'checkpoints'}; {hint}")
+    return found[-1]
+
+
 def load_checkpoint(accelerator: Accelerator, run_dir: Path, seed: int, sharded: bool, flag: str = "--resume") -> int:
     """Restore the newest complete checkpoint (checked against its checksums first); returns its step.
 
     A process count other than the saved one is allowed for unsharded runs: the global batch is the same,
     and a process with no saved RNG state seeds from (seed, step, rank). `flag` names the option that asked,
     in errors."""
-    found = checkpoints(run_dir)
-    if not found:
-        hint = "start without --resume" if flag == "--resume" else "wait for the run's first save (train.save_every)"
-        raise CheckpointError(f"{flag}: no checkpoint under {Path(run_dir) / 'checkpoints'}; {hint}")
-    last = found[-1]
+    last = newest_checkpoint(run_dir, flag)
     meta: dict = {}
 
     def check() -> None:  # the main process reads and hashes; the others wait for its verdict

@@ -6,7 +6,7 @@ factors are timings.
 
     .venv/bin/python benchmarks/speech.py --model runs/shapes-tiny-6/final --baseline runs/speech-valle/final
     .venv/bin/python benchmarks/speech.py --model M --baseline B --quick   # a smoke run: prints only
-    .venv/bin/python benchmarks/speech.py --codecs-only --tokenizer runs/speech-encodec/final   # the codecs alone
+    .venv/bin/python benchmarks/speech.py --codecs-only --vae speech-vae --tokenizer speech-encodec   # the codecs alone
 """
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def main() -> None:
                     help="a smoke run: 3 sentences, 2 settings; print, do not write BENCHMARKS.md")
     ap.add_argument("--codecs-only", action="store_true", help="only the codec round trip of --vae and --tokenizer")
     ap.add_argument("--vae", default="speech-vae", help="--codecs-only: the audio sigma-VAE (shipped name or folder)")
-    ap.add_argument("--tokenizer", default="runs/speech-encodec/final", help="--codecs-only: the EnCodec tokenizer")
+    ap.add_argument("--tokenizer", default="speech-encodec", help="--codecs-only: the EnCodec tokenizer (shipped name or folder)")
     args = ap.parse_args()
     if args.codecs_only:
         codecs_only(args)

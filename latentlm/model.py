@@ -75,8 +75,10 @@ class LatentLM(nn.Module):
         s = slot.clamp(0, self.config.max_slots - 1)
         return x + self.slot_embed(s) * (slot >= 0)[..., None]
 
-    def forward(self, batch: Batch, state=None):
-        x = self.embed_inputs(batch.ids, batch.latents, batch.is_latent, batch.slot, batch.modality)
+    def forward(self, batch: Batch, state=None, latents: Tensor | None = None):
+        """Hidden states [B, T, d] (and the backbone's state); `latents` replaces batch.latents as inputs."""
+        latents = batch.latents if latents is None else latents
+        x = self.embed_inputs(batch.ids, latents, batch.is_latent, batch.slot, batch.modality)
         return self.backbone(x, state, valid=batch.valid)
 
     def stop_probability(self, h: Tensor) -> Tensor:
@@ -117,6 +119,22 @@ class LatentLM(nn.Module):
             ce = ce + mean(self._continue_loss(h[where["go_on"]]), "go_on")
         total = total + self.config.text_loss_weight * ce
         return total, logs | {"text_ce": ce.item()}
+
+    def _noisy_audio_inputs(self, batch: Batch) -> Tensor | None:
+        """batch.latents [B, T, W] plus, at generated audio latents, noise of a std drawn per row uniformly
+        in [0, audio_input_noise] (from the row's seed when it has one); None without such noise."""
+        top = self.config.audio_input_noise
+        where = batch.latent_target & (batch.modality == MODALITY_INDEX["audio"])  # [B, T]
+        if not top or not where.any():
+            return None
+        b, t, _ = batch.latents.shape
+        dim = self.config.audio_latent_dim
+        noise = torch.zeros_like(batch.latents)
+        for r in range(b):
+            g = None if batch.row_seed is None else torch.Generator().manual_seed(int(batch.row_seed[r]) * 31 + 7)
+            std = torch.rand((), generator=g) * top
+            noise[r, :, :dim] = (torch.randn(t, dim, generator=g) * std).to(noise.device)
+        return batch.latents + noise * where[..., None]
 
     def _continue_loss(self, h: Tensor) -> Tensor:
         """Summed -log(1 - p(`</audio>`)) at positions [N, d] that another audio latent follows (as

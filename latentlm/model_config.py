@@ -26,6 +26,9 @@ class ModelConfig(BaseModel):
     max_audio_per_token: int = Field(16, ge=1)
     max_speech_tokens: int = Field(96, ge=1)  # longest text spoken at once (training texts are under half of it)
     voice_prompt_form: PromptForm = "prefix"  # as trained (data.tts.spoken_example)
+    # Training only: the largest std (normalised units) of Gaussian noise on generated speech latents as the
+    # backbone reads them (targets stay as they are); each row draws its std uniformly below it (LatentLM.loss).
+    audio_input_noise: float = Field(0.0, ge=0)
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -196,7 +196,7 @@ def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
     for name in stages:
         stage = load_yaml_config(configs / name, LMTrainConfig)
         assert valle.backbone == stage.backbone and valle.backbone.d_model == 256
-        own = {"prompt_form", "target_noise"}  # the LatentLM's own choices
+        own = {"prompt_form", "target_noise", "input_noise"}  # the LatentLM's own choices
         assert valle.speech.model_dump(exclude=own) == stage.data.speech.model_dump(exclude=own)
         tasks, train = stage.data.tasks, stage.train
         every = stage.data.icl.every

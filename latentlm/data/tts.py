@@ -41,6 +41,9 @@ class TTSDataConfig(BaseModel):
     # LatentLM only: scale of the sigma-VAE's noise on the speech latents it trains on (inputs and targets):
     # 1 draws z = mu + sigma * eps as the codec was trained (LatentLM), 0 takes the posterior means mu.
     target_noise: float = Field(1.0, ge=0, le=1)
+    # LatentLM only: the largest std (normalised units) of extra noise on the generated speech latents as the
+    # model reads them, targets unchanged (ModelConfig.audio_input_noise); 0: inputs are the targets.
+    input_noise: float = Field(0.0, ge=0, le=4)
 
 
 @dataclass

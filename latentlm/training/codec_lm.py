@@ -47,9 +47,10 @@ class CodecLMTrainConfig(BaseModel):
     @field_validator("speech")
     @classmethod
     def _codes_have_no_noise(cls, speech: TTSDataConfig) -> TTSDataConfig:
-        if speech.target_noise != 1.0:
-            raise ValueError("speech.target_noise scales LatentLM's latent noise; the baseline's codes have none: "
-                             "drop it")
+        for name, default in (("target_noise", 1.0), ("input_noise", 0.0)):
+            if getattr(speech, name) != default:
+                raise ValueError(f"speech.{name} is about LatentLM's continuous latents; the baseline's codes have "
+                                 "none: drop it")
         return speech
 
 

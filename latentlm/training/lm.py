@@ -169,7 +169,7 @@ class LatentLMTask:
             backbone=config.backbone, head=config.head, cfg_dropout=config.cfg_dropout,
             text_loss_weight=config.text_loss_weight, codecs={m: f"{m}_codec" for m in codecs},
             reads=any(config.data.tasks.get(t) for t in UNDERSTANDING_TASKS),
-            voice_prompt_form=config.data.speech.prompt_form,
+            voice_prompt_form=config.data.speech.prompt_form, audio_input_noise=config.data.speech.input_noise,
         )
         self.model = LatentLM(model_config, self.tokenizer, codecs)
         if config.init_from:

@@ -93,8 +93,11 @@ class LatentLM(nn.Module):
 
         Latents that are read (understanding: `Latent(..., target=False)`) are inputs only. A shard of a
         global batch (`sequence.shard_batch`) gives each term as its share of the global batch's mean
-        (sum * world / global count; DDP averages the shares) and draws each row's noise from its seed."""
-        h, _ = self(batch)  # [B, T, d]
+        (sum * world / global count; DDP averages the shares) and draws each row's noise from its seed.
+
+        With `audio_input_noise`, generated speech latents are read with extra noise and still predicted
+        clean, so the model leans on the text more than on its own history (which drifts when it speaks)."""
+        h, _ = self(batch, latents=self._noisy_audio_inputs(batch))  # [B, T, d]
         h, nxt = h[:, :-1], slice(1, None)
         where = loss_positions(batch, self.config.modalities)
         counts = batch.loss_counts or {k: int(v.sum()) for k, v in where.items()}

@@ -13,7 +13,7 @@ from latentlm.data.tts import SpeechCorpus, tts_sequence
 from latentlm.errors import LatentLMError, PromptError
 from latentlm.model import LatentLM
 from latentlm.model_config import ModelConfig
-from latentlm.sequence import MODALITY_INDEX, Latent, Text, collate, frame
+from latentlm.sequence import MODALITY_INDEX, Latent, Text, collate, frame, shard_batch
 from latentlm.speech import VoicePrompt, generate_speech, sample_speech_latents, voice_prompt
 from latentlm.tokenizer import TextTokenizer
 
@@ -481,3 +481,25 @@ data: {{n_train: 4, tasks: {{tts: 1.0}}, speech: {{n_train: 3, voice_prompt: 0.0
     mu = task.speech.means[1][None]
     drawn = codec.perturb(mu, torch.Generator().manual_seed(5))
     assert torch.allclose(target, codec.normalize(mu + noise * (drawn - mu))[0], atol=1e-6)
+
+
+def test_audio_input_noise_perturbs_only_what_the_model_reads_of_generated_speech(tok):
+    """audio_input_noise: generated speech latents are read with noise (a std per row below the maximum, from
+    the row's seed) while the targets, the voice prompt and every other position are read as they are."""
+    prompt, target = torch.randn(2, AUDIO_DIM), torch.randn(4, AUDIO_DIM)
+    seq = [Text([tok.bos_id, 7, tok.token_id("<audio>")]), Latent("audio", prompt, target=False),
+           Latent("audio", target), Text([tok.token_id("</audio>"), tok.eos_id])]
+    batch = shard_batch([seq, seq], 0, 1, 3, ("image", "audio"), AUDIO_DIM, tok.pad_id)
+    assert speech_model(tok)._noisy_audio_inputs(batch) is None  # the default: inputs are the targets
+    model = speech_model(tok, audio_input_noise=2.0)
+    noisy = model._noisy_audio_inputs(batch)
+    moved = (noisy != batch.latents).any(-1)  # [B, T]
+    assert torch.equal(moved, batch.latent_target & (batch.modality == 1))
+    assert not torch.equal(noisy[0], noisy[1])  # each row its own draw
+    assert torch.equal(noisy, model._noisy_audio_inputs(batch))  # from the rows' seeds
+    model.train()
+    loss, _ = model.loss(batch)
+    reference, _ = speech_model(tok).train().loss(batch)
+    assert loss.item() != reference.item()  # the loss reads the noisy inputs ...
+    h, _ = model(batch, latents=noisy)
+    assert torch.equal(h, model(batch, latents=noisy)[0]) and not torch.equal(h, model(batch)[0])

@@ -472,7 +472,7 @@ codec: {tiny_codec_dir}
 audio_codec: {audio_dir}
 backbone: {{d_model: 32, n_layers: 1, n_heads: 4}}
 head: {{width: 32, depth: 1}}
-data: {{n_train: 4, tasks: {{tts: 1.0}}, speech: {{n_train: 3, voice_prompt: 0.0, target_noise: {noise}}}}}
+data: {{n_train: 4, tasks: {{tts: 1.0}}, speech: {{n_train: 3, voice_prompt: 0.0, target_noise: {noise}, input_noise: {noise}}}}}
 """)
     task = LatentLMTask(load_yaml_config(path, LMTrainConfig), tmp_path)
     codec = task.audio_codec
@@ -481,6 +481,7 @@ data: {{n_train: 4, tasks: {{tts: 1.0}}, speech: {{n_train: 3, voice_prompt: 0.0
     mu = task.speech.means[1][None]
     drawn = codec.perturb(mu, torch.Generator().manual_seed(5))
     assert torch.allclose(target, codec.normalize(mu + noise * (drawn - mu))[0], atol=1e-6)
+    assert task.model.config.audio_input_noise == noise  # data.speech.input_noise reaches the model's loss
 
 
 def test_audio_input_noise_perturbs_only_what_the_model_reads_of_generated_speech(tok):

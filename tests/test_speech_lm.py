@@ -504,3 +504,25 @@ def test_audio_input_noise_perturbs_only_what_the_model_reads_of_generated_speec
     assert loss.item() != reference.item()  # the loss reads the noisy inputs ...
     h, _ = model(batch, latents=noisy)
     assert torch.equal(h, model(batch, latents=noisy)[0]) and not torch.equal(h, model(batch)[0])
+
+
+def test_teacher_forcing_samples_each_frame_from_the_true_frames_before_it(tok):
+    """evaluation.speech_drift: frame t is drawn from the history of true frames < t (a change at frame k moves
+    the frames after it only), the same for a seed, and the words (with guidance or without) change it."""
+    from latentlm.evaluation.speech_drift import teacher_forced_latents
+
+    model = speech_model(tok)
+    with torch.no_grad():  # the head's zero-initialised modulations would ignore the condition altogether
+        for p in model.audio_diffusion.parameters():
+            p.normal_(0, 0.2)
+    truth = torch.randn(6, AUDIO_DIM)
+    draw = lambda z, **kw: teacher_forced_latents(model, "a red circle", z, steps=3,  # noqa: E731
+                                                  generator=torch.Generator().manual_seed(1), **kw)
+    base = draw(truth)
+    assert base.shape == (6, AUDIO_DIM) and torch.equal(base, draw(truth))
+    moved = truth.clone()
+    moved[3] += 1.0
+    out = draw(moved)
+    assert torch.equal(out[:4], base[:4]) and not torch.allclose(out[4:], base[4:])
+    assert not torch.allclose(draw(truth, with_text=False), base)
+    assert not torch.allclose(draw(truth, cfg_scale=3.0), base)

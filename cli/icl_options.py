@@ -105,12 +105,13 @@ def icl_options(command):
     return wrapper
 
 
-def icl_session(model: str, icl: ICLChoice | None = None, strict: bool = False):
-    """A Session with the chosen prompting (and pool); user errors before the model loads."""
+def icl_session(model: str, icl: ICLChoice | None = None, strict: bool = False, speech_model: str | None = None):
+    """A Session with the chosen prompting (and pool), speaking with `speech_model` where given; user errors
+    before the model loads."""
     from latentlm.workflows.session import Session
 
     icl = icl or ICLChoice(None)
-    session = Session(model, strict=strict, **icl.session_kwargs())
+    session = Session(model, strict=strict, speech_model=speech_model, **icl.session_kwargs())
     pool = icl.pool_pictures()
     if pool:
         session.icl_pool(pool)

@@ -27,6 +27,8 @@ WORKFLOW_SUFFIXES = (".yaml", ".yml")
               help="Workflow file: the output folder (default outputs/<name>-<YYYYmmdd-HHMMSS>). "
                    "Request: the PNG for its picture (or a folder for Result.save).")
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
+@click.option("--speech-model", default=None,
+              help="A second model for the speech steps (a speech specialist); --model draws and reads.")
 @NO_VERIFY
 @click.option("--list", "list_examples", is_flag=True, help="List the shipped example workflow files and exit.")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan as JSON without loading the model.")
@@ -36,8 +38,9 @@ WORKFLOW_SUFFIXES = (".yaml", ".yml")
                                              "of running with a warning (a file: in literals and inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Request only: print the Result as JSON (Result.to_dict()).")
 @icl_options
-def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: str, list_examples: bool,
-            dry_run: bool, image: str | None, seed: int | None, strict: bool, as_json: bool, icl: ICLChoice) -> None:
+def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: str, speech_model: str | None,
+            list_examples: bool, dry_run: bool, image: str | None, seed: int | None, strict: bool, as_json: bool,
+            icl: ICLChoice) -> None:
     """Run a workflow file, a shipped example, or a free-text request.
 
     \b
@@ -58,6 +61,7 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
       latentlm run "draw a red circle" --dry-run
       latentlm run "draw a red circle and describe it" -o out/ --json
       latentlm run "what colour is the circle?" --image scene.png --icl auto
+      latentlm run "describe it and say it" --image scene.png --speech-model runs/speech-tiny-n/final -o out/
     """
     if list_examples:
         if target is not None:
@@ -70,9 +74,9 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
     if path is not None:
         if as_json:
             raise click.UsageError("--json is for requests; a workflow file writes manifest.json")
-        _run_file(path, sets, out, model, dry_run, image, seed, icl, strict)
+        _run_file(path, sets, out, model, dry_run, image, seed, icl, strict, speech_model)
     else:
-        _run_request(target, sets, out, model, dry_run, image, seed, strict, as_json, icl)
+        _run_request(target, sets, out, model, dry_run, image, seed, strict, as_json, icl, speech_model)
 
 
 def workflow_path(target: str) -> Path | None:
@@ -97,7 +101,7 @@ def _list_examples() -> None:
 
 
 def _run_file(path: Path, sets, out, model, dry_run, image, seed, icl: ICLChoice | None = None,
-              strict: bool = False) -> None:
+              strict: bool = False, speech_model: str | None = None) -> None:
     from latentlm.cli.outputs import echo_warnings
     from latentlm.workflows.workflow_file import load_workflow_file
     from latentlm.workflows.workflow_runner import parse_sets, resolve_inputs, run_workflow
@@ -115,9 +119,10 @@ def _run_file(path: Path, sets, out, model, dry_run, image, seed, icl: ICLChoice
             shown["prompting"] = ICL_MODES[icl.mode]  # --icl overrides the file's
         click.echo(json.dumps(shown, indent=2, default=str))
         return
-    session = icl_session(model, icl) if icl.mode is not None else None
+    session = icl_session(model, icl, speech_model=speech_model) if icl.mode is not None else None
     outcome = run_workflow(wf, model=model, out=out, sets=sets, session=session,
-                           prompting=ICL_MODES[icl.mode] if icl.mode is not None else None, strict=strict)
+                           prompting=ICL_MODES[icl.mode] if icl.mode is not None else None, strict=strict,
+                           speech_model=speech_model)
     echo_warnings(outcome)
     for name, record in outcome.manifest["outputs"].items():
         shown = str(outcome.out_dir / record["file"]) if "file" in record else json.dumps(record["value"])
@@ -126,7 +131,7 @@ def _run_file(path: Path, sets, out, model, dry_run, image, seed, icl: ICLChoice
 
 
 def _run_request(request: str, sets, out, model, dry_run, image, seed, strict=False, as_json=False,
-                 icl: ICLChoice | None = None) -> None:
+                 icl: ICLChoice | None = None, speech_model: str | None = None) -> None:
     """A free-text request: `Session.plan` and its check for --dry-run (no model), else `Session.run`."""
     from latentlm.audio_io import AUDIO_FORMATS, check_audio_path, save_audio
     from latentlm.cli.outputs import check_picture_path, check_writable_dir, echo_warnings, save_picture
@@ -142,7 +147,7 @@ def _run_request(request: str, sets, out, model, dry_run, image, seed, strict=Fa
         from latentlm.images import load_image
 
         load_image(image)  # a missing picture fails before the model loads
-    session = icl_session(model, icl, strict)
+    session = icl_session(model, icl, strict, speech_model)
     plan = session.plan(request, image)
     notes = session.vet(plan.steps)  # --strict refuses here, before any model work
     if dry_run:

@@ -526,3 +526,46 @@ def test_teacher_forcing_samples_each_frame_from_the_true_frames_before_it(tok):
     assert torch.equal(out[:4], base[:4]) and not torch.allclose(out[4:], base[4:])
     assert not torch.allclose(draw(truth, with_text=False), base)
     assert not torch.allclose(draw(truth, cfg_scale=3.0), base)
+
+
+def test_a_second_model_speaks_while_the_first_draws_and_reads(tok, speech_model_dir, tmp_path, monkeypatch, capsys):
+    """Session(speech_model=...): the text-to-speech steps run on the second model (loaded on first use), the
+    other workflows on the first; workflow files record both; `latentlm run --speech-model` passes it on."""
+    from PIL import Image
+
+    import latentlm.workflows.caption as caption_workflow
+    from latentlm.cli.main import main
+    from latentlm.workflows.session import Session
+    from latentlm.workflows.workflow_runner import run_workflow_file
+
+    torch.manual_seed(0)
+    mute = LatentLM(ModelConfig(vocab_size=tok.vocab_size, latent_dim=IMAGE_DIM, head={"width": 32, "depth": 1},
+                                backbone={"d_model": 32, "n_layers": 2, "n_heads": 4}), tok,
+                    {"image": ImageSigmaVAE(SigmaVAEConfig(latent_dim=IMAGE_DIM, block_out_channels=(16, 16, 16, 16),
+                                                           norm_num_groups=8))}).eval()
+    with pytest.raises(PromptError, match="cannot speak"):
+        Session(mute).speak("a red circle", steps=2)
+    with pytest.raises(LatentLMError, match="speech_model must be"):
+        Session(mute, speech_model=3)
+    alone = Session(str(speech_model_dir)).speak("a red circle", seed=3, steps=2)
+    session = Session(mute, speech_model=str(speech_model_dir))
+    assert np.array_equal(session.speak("a red circle", seed=3, steps=2).audio, alone.audio)
+    assert session.model is mute and session.speaker is not mute
+
+    captioned_by = []
+    monkeypatch.setattr(caption_workflow, "caption_pictures",
+                        lambda model, pixels, grounded: captioned_by.append(model) or ["a red circle"])
+    r = session.call("describe-and-speak", image=Image.new("RGB", (64, 64), "white"), seed=2)
+    assert captioned_by == [mute] and r.text == "a red circle" and len(r.audio) > 0
+
+    _reference(tmp_path)
+    (tmp_path / "say.yaml").write_text(SPEECH_FILE)
+    mute_dir = mute.save_pretrained(tmp_path / "mute")
+    outcome = run_workflow_file(tmp_path / "say.yaml", model=str(mute_dir), speech_model=str(speech_model_dir),
+                                out=tmp_path / "out")
+    assert outcome.manifest["model"]["checkpoint"] == str(mute_dir)
+    assert outcome.manifest["speech_model"]["checkpoint"] == str(speech_model_dir)
+
+    out = tmp_path / "said.wav"
+    main(["run", "say a red circle", "--model", str(mute_dir), "--speech-model", str(speech_model_dir), "-o", str(out)])
+    assert out.is_file() and str(out) in capsys.readouterr().out

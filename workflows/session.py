@@ -30,6 +30,10 @@ picture, the given demonstrations or pool pictures nearest its picture (`workflo
 A step prompted in context records its trace as `Result.steps[i]["icl"]`; `Result.save` writes the
 demonstrations' pictures. Its seed is the step's.
 
+Two models. `Session(speech_model=...)` speaks with a second model (a speech specialist) while the first
+draws and reads: each workflow picks its model (`Session.speaker` for text-to-speech, `Session.model` for
+the rest), so "describe it and say it" captions with one and speaks with the other.
+
 What the model knows. Before any step runs, the literal arguments are checked against what the model
 was trained on (`Workflow.notes`, from `latentlm.vocabulary`): each problem becomes a line of
 `Result.warnings`, or, with `strict=True`, a `PromptError` before any model work.
@@ -80,11 +84,15 @@ class Session:
         steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG, temperature: float = DEFAULT_TEMPERATURE,
         strict: bool = False, backbone: str | None = None, prompting: str = "direct",
         demonstrations: Iterable[Any] | None = None, icl_n: int = DEFAULT_N, icl_cache: bool = True,
-        icl_select: str = "fixed",
+        icl_select: str = "fixed", speech_model: str | LatentLM | None = None,
     ):
         if not isinstance(model, (str, LatentLM)):
             raise LatentLMError(f"model must be a name, a folder or a LatentLM, not {type(model).__name__}")
+        if speech_model is not None and not isinstance(speech_model, (str, LatentLM)):
+            raise LatentLMError(f"speech_model must be a name, a folder, a LatentLM or None, not "
+                                f"{type(speech_model).__name__}")
         self._model = model
+        self._speech_model = speech_model
         self.backbone = backbone
         self.seed = 0 if seed is None else check_seed(seed)
         self.progress = progress
@@ -140,6 +148,16 @@ class Session:
         if not isinstance(self._model, LatentLM):
             self._model = LatentLM.from_pretrained(self._model, backbone=self.backbone)  # loaded on first use
         return self._model
+
+    @property
+    def speaker(self) -> LatentLM:
+        """The model that speaks (the text-to-speech steps): `speech_model` where one was given, a second
+        model beside the one that draws and reads (loaded on first use); else the Session's model."""
+        if self._speech_model is None:
+            return self.model
+        if not isinstance(self._speech_model, LatentLM):
+            self._speech_model = LatentLM.from_pretrained(self._speech_model)
+        return self._speech_model
 
     # ---- memory ----------------------------------------------------------------------------------
     def forget(self) -> None:

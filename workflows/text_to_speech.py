@@ -52,7 +52,7 @@ class TextToSpeech(Workflow):
         reference = None
         if voice is not None:  # a bad recording or a missing transcript fails before the model loads
             reference = load_audio(voice), voice_transcript(voice, voice_text)
-        model = session.model
+        model = session.speaker
         codec = speech_codec(model)
         prompt = voice_prompt(model, *reference[0], reference[1]) if reference else None
         wave = generate_speech(model, [text], prompt, steps, cfg_scale, seed, temperature)[0]

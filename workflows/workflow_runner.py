@@ -20,6 +20,7 @@ The output folder (default `outputs/<name>-<YYYYmmdd-HHMMSS>`, relative to the c
       {"workflow": name, "description": ..., "file": path, "file_sha256": ...,
        "latentlm_version": ..., "created": ISO time,
        "model": {"name": ..., "checkpoint": dir, "weights_sha256": sha256 of model.safetensors},
+       "speech_model": {...},                          # only with a second model for speech, as "model"
        "sampling": {"steps": ..., "cfg_scale": ..., "temperature": ...},   # the Session's (pictures)
        "inputs": {NAME: value},                        # pictures and recordings as their path
        "steps": [{"id", "workflow", "inputs": {...},    # pictures and speech as file names
@@ -371,8 +372,11 @@ def _output_value(result, field: str) -> Any:
 
 def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.PathLike | None = None,
                  sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False,
-                 prompting: str | None = None, strict: bool = False) -> RunOutcome:
+                 prompting: str | None = None, strict: bool = False, speech_model: str | None = None) -> RunOutcome:
     """Run a checked workflow file through `Session.call`, write its outputs and manifest; see the module doc.
+
+    `speech_model`: a second model for the text-to-speech steps (`Session(speech_model=...)`), recorded in
+    the manifest beside `model`.
 
     Arguments the model was not trained on (known before running: literals and inputs) are warnings in the
     manifest and `RunOutcome.warnings`; `strict=True` refuses them (a `WorkflowRunError`) before any model work.
@@ -393,7 +397,8 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
     created = prepare_output_dir(out_dir)
     try:
         model_info = model_record(model)
-        session = session if session is not None else Session(model, progress=progress)
+        speech_info = model_record(speech_model) if speech_model is not None else None
+        session = session if session is not None else Session(model, progress=progress, speech_model=speech_model)
         prompting = prompting or wf.prompting or session.prompting
         previous = session.prompting
         session.prompting = prompting
@@ -434,6 +439,7 @@ def run_workflow(wf: WorkflowFile, *, model: str = "shapes-tiny", out: str | os.
         "latentlm_version": __version__,
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "model": model_info,
+        **({"speech_model": speech_info} if speech_info else {}),
         "sampling": {"steps": session.steps, "cfg_scale": session.cfg_scale, "temperature": session.temperature},
         "prompting": prompting,
         "inputs": _jsonable(recorded_inputs, {}),
@@ -483,7 +489,8 @@ def _renamed(icl: dict, pictures: dict[str, Image.Image], prefix: str, into: dic
 
 def run_workflow_file(path: str | os.PathLike, *, model: str = "shapes-tiny", out: str | os.PathLike | None = None,
                       sets: Iterable[str] | dict[str, str] = (), session=None, progress: bool = False,
-                      prompting: str | None = None, strict: bool = False) -> RunOutcome:
+                      prompting: str | None = None, strict: bool = False,
+                      speech_model: str | None = None) -> RunOutcome:
     """Check the file (every problem at once, as a `WorkflowFileError`), then `run_workflow`."""
     return run_workflow(load_workflow_file(path), model=model, out=out, sets=sets, session=session,
-                        progress=progress, prompting=prompting, strict=strict)
+                        progress=progress, prompting=prompting, strict=strict, speech_model=speech_model)

@@ -330,6 +330,8 @@ def line_reader(stdin: TextIO, out: TextIO, interactive: bool) -> Callable[[str]
 
 @click.command("chat")
 @click.option("--model", default="shapes-tiny", show_default=True, help="Shipped name, checkpoint folder or hub id.")
+@click.option("--speech-model", default=None,
+              help="A second model for speech ('say ...'); --model draws and reads (loaded when first needed).")
 @NO_VERIFY
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="The seed of each step (change it in the chat with /set seed N).")
@@ -341,7 +343,8 @@ def line_reader(stdin: TextIO, out: TextIO, interactive: bool) -> Callable[[str]
               help="Classifier-free guidance scale (1 = off).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEMPERATURE,
               show_default=True, help="Scale of the starting noise.")
-def chat_cmd(model: str, seed: int, out: Path, steps: int, cfg: float, temperature: float) -> None:
+def chat_cmd(model: str, speech_model: str | None, seed: int, out: Path, steps: int, cfg: float,
+             temperature: float) -> None:
     """Talk to a model in the terminal: draw, then ask about the picture (/help inside).
 
     \b
@@ -359,7 +362,8 @@ def chat_cmd(model: str, seed: int, out: Path, steps: int, cfg: float, temperatu
     from latentlm.model import LatentLM
     from latentlm.workflows.session import Session
 
-    session = Session(LatentLM.from_pretrained(model), seed=seed, steps=steps, cfg_scale=cfg, temperature=temperature)
+    session = Session(LatentLM.from_pretrained(model), seed=seed, steps=steps, cfg_scale=cfg, temperature=temperature,
+                      speech_model=speech_model)
     stdout, stdin = sys.stdout, sys.stdin  # looked up now: click's test runner swaps them
     interactive = stdin.isatty() and stdout.isatty()
     chat = Chat(session, out, model_name=model, out=stdout)

@@ -530,7 +530,7 @@ def test_teacher_forcing_samples_each_frame_from_the_true_frames_before_it(tok):
 
 def test_a_second_model_speaks_while_the_first_draws_and_reads(tok, speech_model_dir, tmp_path, monkeypatch, capsys):
     """Session(speech_model=...): the text-to-speech steps run on the second model (loaded on first use), the
-    other workflows on the first; workflow files record both; `latentlm run --speech-model` passes it on."""
+    other workflows on the first; workflow files record both; `latentlm run|chat --speech-model` pass it on."""
     from PIL import Image
 
     import latentlm.workflows.caption as caption_workflow
@@ -569,3 +569,11 @@ def test_a_second_model_speaks_while_the_first_draws_and_reads(tok, speech_model
     out = tmp_path / "said.wav"
     main(["run", "say a red circle", "--model", str(mute_dir), "--speech-model", str(speech_model_dir), "-o", str(out)])
     assert out.is_file() and str(out) in capsys.readouterr().out
+
+    from click.testing import CliRunner
+
+    from latentlm.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["chat", "--model", str(mute_dir), "--speech-model", str(speech_model_dir), "-o",
+                                      str(tmp_path / "chat")], input="say a red circle\n/bye\n")
+    assert result.exit_code == 0 and list((tmp_path / "chat").glob("*.wav")), result.output

@@ -61,7 +61,7 @@ def run_cmd(target: str | None, sets: tuple[str, ...], out: Path | None, model: 
       latentlm run "draw a red circle" --dry-run
       latentlm run "draw a red circle and describe it" -o out/ --json
       latentlm run "what colour is the circle?" --image scene.png --icl auto
-      latentlm run "describe it and say it" --image scene.png --speech-model runs/speech-tiny-n/final -o out/
+      latentlm run "describe it and say it" --image scene.png --speech-model runs/speech-tiny-nlr/final -o out/
     """
     if list_examples:
         if target is not None:

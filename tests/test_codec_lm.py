@@ -178,7 +178,7 @@ def test_save_and_load_round_trip(tok, tmp_path):
 
 @pytest.mark.parametrize("stages", [("shapes-tiny-stage6.yaml", "shapes-tiny-stage6b.yaml"),
                                     ("shapes-tiny-stage6c.yaml",), ("speech-tiny.yaml",), ("speech-tiny-m.yaml",),
-                                    ("speech-tiny-n.yaml",)])
+                                    ("speech-tiny-n.yaml",), ("speech-tiny-nlr.yaml",)])
 def test_the_config_matches_stage_6_in_size_data_and_budget(stages):
     """speech-valle.yaml: stage 6's backbone and speech data, and as many text-to-speech examples as the
     speech stages train on (6 + 6b, 6c in one schedule, or the speech specialist: their batches that are

@@ -539,3 +539,32 @@ def test_cli_eval_codec_measures_the_split_it_is_given(tmp_path, monkeypatch, ca
     folder = save_codec(tiny_vae(), tmp_path / "vae")
     main(["eval", "codec", "--modality", "audio", "--codec", str(folder), "--n", "3", "--split", split])
     assert asked == [("dist", 3, split), ("asr", 3, split)] and json.loads(capsys.readouterr().out) == {"mel": 1}
+
+
+def test_a_larger_speech_cache_starts_from_a_smaller_one(tmp_path, monkeypatch):
+    """SpeechClips.load_or_make(n): utterance i is the same whatever n, so `<stem>_<m>.npz` beside the cache
+    gives the first m and only the rest are synthesised; the result equals making all n afresh."""
+    import numpy as np
+
+    import latentlm.data.speech as speech
+    from latentlm.training.codec import SpeechClips
+
+    made = []
+
+    def fake_item(split, i):
+        made.append(i)
+        return "words", None, np.sin(np.arange(100 + 10 * i) * (i + 1) / 7).astype(np.float32) * 0.5
+
+    monkeypatch.setattr(speech, "speech_item", fake_item)
+    small = SpeechClips.load_or_make(3, tmp_path / "speech_train_3.npz", progress=False)
+    (tmp_path / "speech_train_2.npz").write_bytes(b"not a cache")  # unreadable: passed over
+    made.clear()
+    big = SpeechClips.load_or_make(5, tmp_path / "speech_train_5.npz", progress=False)
+    assert made == [3, 4] and len(big) == 5
+    assert all(torch.equal(big.wave(i), small.wave(i)) for i in range(3))
+    made.clear()
+    fresh = SpeechClips.load_or_make(5, tmp_path / "other" / "speech_train_5.npz", progress=False)
+    assert made == list(range(5)) and all(torch.equal(big.wave(i), fresh.wave(i)) for i in range(5))
+    made.clear()
+    again = SpeechClips.load_or_make(5, tmp_path / "speech_train_5.npz", progress=False)
+    assert made == [] and torch.equal(again.audio, big.audio)

@@ -137,31 +137,58 @@ class SpeechClips:
         return self.audio[self.offsets[i]: self.offsets[i + 1]].float() / 32767
 
     @classmethod
+    def read(cls, cache: Path, n: int | None = None) -> SpeechClips | None:
+        """The clips cached in `cache` (exactly `n` of them, when given); None if missing or unreadable."""
+        try:
+            with np.load(cache) as f:
+                audio, offsets = f["audio"], f["offsets"]
+        except (OSError, ValueError, KeyError):
+            return None
+        if (n is not None and len(offsets) != n + 1) or offsets[-1] != len(audio) or audio.dtype != np.int16:
+            return None
+        return cls(audio, offsets)
+
+    @classmethod
     def load_or_make(cls, n: int, cache: Path | None, split: str = "train", progress: bool = True) -> SpeechClips:
-        if cache is not None and cache.is_file():
-            try:
-                with np.load(cache) as f:
-                    audio, offsets = f["audio"], f["offsets"]
-                if len(offsets) == n + 1 and offsets[-1] == len(audio) and audio.dtype == np.int16:
-                    return cls(audio, offsets)
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable: synthesise again
+        """Utterances 0..n-1 of `split`, from `cache` (`<stem>_<n>.npz`) or synthesised once and cached there.
+        Utterance i is the same whatever n, so a smaller cache beside it (`<stem>_<m>.npz`, m < n) gives its
+        first m and only the rest are synthesised."""
+        found = cls.read(cache, n) if cache is not None and cache.is_file() else None
+        if found is not None:
+            return found
         from tqdm.auto import tqdm
 
         from latentlm.data.speech import speech_item
 
-        waves = []
-        for i in tqdm(range(n), desc=f"speech {split} (once)", disable=not progress, dynamic_ncols=True):
+        first = cls._smaller_cache(cache, n) if cache is not None else None
+        waves = [] if first is None else [first.audio.numpy()[: first.offsets[-1]]]
+        lengths = [] if first is None else list(np.diff(first.offsets))
+        for i in tqdm(range(len(lengths), n), desc=f"speech {split} (once)", disable=not progress, dynamic_ncols=True):
             wav = speech_item(split, i)[2]
             waves.append(np.round(np.clip(wav, -1, 1) * 32767).astype(np.int16))
+            lengths.append(len(waves[-1]))
         audio = np.concatenate(waves)
-        offsets = np.concatenate([[0], np.cumsum([len(w) for w in waves])]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(cache.name + ".tmp.npz")
             np.savez(tmp, audio=audio, offsets=offsets)
             os.replace(tmp, cache)
         return cls(audio, offsets)
+
+    @classmethod
+    def _smaller_cache(cls, cache: Path, n: int) -> SpeechClips | None:
+        """The largest readable `<stem>_<m>.npz` beside `cache` (`<stem>_<n>.npz`) with m < n, else None."""
+        stem, _, count = cache.stem.rpartition("_")
+        if not stem or count != str(n):
+            return None
+        sizes = sorted((int(p.stem.rpartition("_")[2]), p) for p in cache.parent.glob(f"{stem}_*.npz")
+                       if p.stem.rpartition("_")[2].isdigit() and int(p.stem.rpartition("_")[2]) < n)
+        for m, path in reversed(sizes):
+            clips = cls.read(path, m)
+            if clips is not None:
+                return clips
+        return None
 
     def crops(self, rng: np.random.Generator, batch_size: int, length: int) -> Tensor:
         """`batch_size` crops of `length` samples at random utterances and offsets; short ones are

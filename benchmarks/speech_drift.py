@@ -17,25 +17,24 @@ from latentlm.data.speech import speech_item, speech_text
 from latentlm.evaluation.speech_drift import teacher_forced_latents
 from latentlm.evaluation.speech_metrics import Recognizer
 from latentlm.model import LatentLM
-from latentlm.speech import generate_speech
+from latentlm.speech import generate_speech, speech_wave
 
 
 def shapes_items(n: int) -> list[tuple[str, torch.Tensor]]:
     """(text, wave [T]) of the shapes sentences among the first n val items."""
-    return [(speech_text("val", i)[0], torch.from_numpy(speech_item("val", i)[2]))
-            for i in range(n) if speech_text("val", i)[1] == "shapes"]
+    texts = [(i, *speech_text("val", i)) for i in range(n)]
+    return [(text, torch.from_numpy(speech_item("val", i)[2])) for i, text, source in texts if source == "shapes"]
 
 
 def measure(model: LatentLM, items, grid: list[tuple[float, float]], steps: int) -> dict[str, int]:
     heard, codec = Recognizer(grammar=True), model.codecs["audio"]
-    say = lambda z: codec.decode(codec.denormalize(z[None]))[0].clamp(-1, 1).numpy()  # noqa: E731
     hits = {"teacher-forced": 0, "teacher-forced, no words": 0} | {f"free T{t} CFG{c}": 0 for t, c in grid}
     for k, (text, wave) in enumerate(items):
         g = torch.Generator().manual_seed(k)
         truth = codec.normalize(codec.encode(wave[None]))[0]  # [T, D]
-        hits["teacher-forced"] += heard(say(teacher_forced_latents(model, text, truth, True, steps, generator=g))) == text
-        hits["teacher-forced, no words"] += heard(
-            say(teacher_forced_latents(model, text, truth, False, steps, generator=g))) == text
+        for name, with_text in (("teacher-forced", True), ("teacher-forced, no words", False)):
+            z = teacher_forced_latents(model, text, truth, with_text, steps, generator=g)
+            hits[name] += heard(speech_wave(codec, z)) == text
         for t, c in grid:
             wav = generate_speech(model, [text], None, steps, c, seed=k, temperature=t)[0]
             hits[f"free T{t} CFG{c}"] += heard(wav) == text

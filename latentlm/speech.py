@@ -126,6 +126,12 @@ def sample_speech_latents(
 
 
 @torch.no_grad()
+def speech_wave(codec, z: Tensor) -> np.ndarray:
+    """Normalised audio latents [T, D] -> the codec's float32 wave in [-1, 1]."""
+    return codec.decode(codec.denormalize(z)[None])[0].clamp(-1, 1).numpy()
+
+
+@torch.no_grad()
 def generate_speech(
     model: LatentLM, texts: list[str], voice: VoicePrompt | None = None, steps: int = DEFAULT_SPEECH_STEPS,
     cfg_scale: float = DEFAULT_SPEECH_CFG, seed: int = 0, temperature: float = DEFAULT_SPEECH_TEMPERATURE,
@@ -135,4 +141,4 @@ def generate_speech(
     generator = torch.Generator().manual_seed(seed)
     latents = sample_speech_latents(model, texts, voice, steps, cfg_scale, generator, temperature)
     with tiny_op_threads(len(texts), ONE_THREAD_PICTURES):
-        return [codec.decode(codec.denormalize(z)[None])[0].clamp(-1, 1).numpy() for z in latents]
+        return [speech_wave(codec, z) for z in latents]

@@ -161,7 +161,7 @@ class SpeechClips:
         from latentlm.data.speech import speech_item
 
         first = cls._smaller_cache(cache, n) if cache is not None else None
-        waves = [] if first is None else [first.audio.numpy()[: first.offsets[-1]]]
+        waves = [] if first is None else [first.audio.numpy()]
         lengths = [] if first is None else list(np.diff(first.offsets))
         for i in tqdm(range(len(lengths), n), desc=f"speech {split} (once)", disable=not progress, dynamic_ncols=True):
             wav = speech_item(split, i)[2]
@@ -182,8 +182,8 @@ class SpeechClips:
         stem, _, count = cache.stem.rpartition("_")
         if not stem or count != str(n):
             return None
-        sizes = sorted((int(p.stem.rpartition("_")[2]), p) for p in cache.parent.glob(f"{stem}_*.npz")
-                       if p.stem.rpartition("_")[2].isdigit() and int(p.stem.rpartition("_")[2]) < n)
+        counts = {path: path.stem.rpartition("_")[2] for path in cache.parent.glob(f"{stem}_*.npz")}
+        sizes = sorted((int(m), path) for path, m in counts.items() if m.isdigit() and int(m) < n)
         for m, path in reversed(sizes):
             clips = cls.read(path, m)
             if clips is not None:
